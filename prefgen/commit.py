@@ -1,0 +1,176 @@
+"""Step 8 of the flow: commit a judged batch to the JSONL and the ledger together.
+
+The protocol that makes a crash at any moment recoverable:
+1. append the batch's lines to the JSONL, flush and fsync;
+2. in one ledger transaction, record the units and the JSONL's new committed length and
+   SHA-256 (of everything prefgen has written to it).
+A crash before 2 leaves bytes past the committed length: the next start truncates them, and
+the units, absent from the ledger, are generated again (with the same seeds, the same text).
+A file shorter than the committed length, or whose bytes no longer hash to the ledger's
+value, was changed behind prefgen's back and is refused; `prefgen repair` rebuilds it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import orjson
+
+from prefgen.errors import OutputError
+from prefgen.faults import armed, fault_point
+from prefgen.judge import WRITTEN, Judged
+from prefgen.ledger import Ledger
+
+log = logging.getLogger("prefgen")
+
+REPAIR_HINT = "run `prefgen repair --output {path}` to rebuild it from the ledger"
+_OWN_FIELDS = ("instruction", "input", "output")
+_HASH_BLOCK = 1 << 20
+
+
+def output_line(item: Judged) -> bytes:
+    """The JSONL line of a kept reject: the pair, the record's extra fields, and tracing ids."""
+    record = item.unit.record
+    line = {"instruction": record.instruction, "input": record.input, "chosen": record.output, "rejected": item.sql}
+    line.update((k, v) for k, v in record.fields.items() if k not in _OWN_FIELDS and k not in line)
+    line.update(sample_index=item.unit.sample_index, reject_index=item.unit.reject_index, seed=item.unit.seed)
+    return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def unit_row(item: Judged) -> dict:
+    """The ledger row of a judged unit (without its line position)."""
+    answer = item.answer
+    return {
+        "sample_index": item.unit.sample_index, "reject_index": item.unit.reject_index,
+        "seed": item.unit.seed, "status": item.status, "detail": item.detail,
+        "record_hash": item.unit.record.hash, "sql": item.sql,
+        "raw_answer": None if answer.oom else answer.text, "prompt_tokens": answer.prompt_tokens,
+        "new_tokens": answer.new_tokens, "gen_seconds": answer.seconds,
+        "line_offset": None, "line_length": None, "line": None,
+    }
+
+
+def hash_range(path: Path, start: int, end: int) -> "hashlib._Hash":
+    """SHA-256 of the bytes [start, end) of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        remaining = end - start
+        while remaining > 0:
+            block = handle.read(min(_HASH_BLOCK, remaining))
+            if not block:
+                break
+            digest.update(block)
+            remaining -= len(block)
+    return digest
+
+
+class OutputJournal:
+    """The JSONL output, kept in step with the ledger."""
+
+    def __init__(self, ledger: Ledger, path: str | Path):
+        self.ledger = ledger
+        self.path = Path(path)
+        self.fd: int | None = None
+        self.committed = 0
+        self.digest = hashlib.sha256()
+
+    def open(self) -> None:
+        """Reconcile the file with the ledger (truncating an uncommitted tail) and open it."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if self.ledger.meta("output_committed") is None:
+            # prefgen appends: whatever the file held before this ledger existed is left alone.
+            with self.ledger.db.atomic():
+                self.ledger.set_meta({
+                    "output_path": str(self.path.resolve()), "output_base": str(size),
+                    "output_committed": str(size), "output_sha256": hashlib.sha256().hexdigest(),
+                })
+        self._check_path()
+        base = int(self.ledger.meta("output_base"))
+        self.committed = int(self.ledger.meta("output_committed"))
+        if size < self.committed:
+            raise OutputError(
+                f"{self.path} is {size} bytes but the ledger has committed {self.committed}: it was "
+                "truncated or replaced behind prefgen's back",
+                hint=REPAIR_HINT.format(path=self.path),
+            )
+        if size > self.committed:
+            log.warning("%s: discarding %d uncommitted bytes left by an interrupted run", self.path, size - self.committed)
+            os.truncate(self.path, self.committed)
+        self.digest = hash_range(self.path, base, self.committed) if self.path.exists() else hashlib.sha256()
+        if self.digest.hexdigest() != self.ledger.meta("output_sha256"):
+            raise OutputError(
+                f"{self.path} no longer matches the ledger (its content was edited behind prefgen's back)",
+                hint=REPAIR_HINT.format(path=self.path),
+            )
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def _check_path(self) -> None:
+        recorded = self.ledger.meta("output_path")
+        if recorded != str(self.path.resolve()):
+            raise OutputError(
+                f"the ledger {self.ledger.path} belongs to the output {recorded}, not {self.path.resolve()}",
+                hint="pass the --output the ledger was started with, or another --ledger",
+            )
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def commit(self, run_id: int, items: list[Judged]) -> None:
+        """Write the batch's kept lines, then record the whole batch in the ledger."""
+        rows, lines, offset = [], [], self.committed
+        for item in items:
+            row = unit_row(item)
+            if item.status == WRITTEN:
+                line = output_line(item)
+                row.update(line_offset=offset, line_length=len(line), line=line.decode())
+                lines.append(line)
+                offset += len(line)
+            rows.append(row)
+        data = b"".join(lines)
+        try:
+            self._append(data)
+            fault_point("after_jsonl_write")
+            digest = self.digest.copy()
+            digest.update(data)
+            self.ledger.commit_units(
+                run_id, rows, {"output_committed": str(offset), "output_sha256": digest.hexdigest()}
+            )
+        except Exception:
+            self._rollback()
+            raise
+        self.digest, self.committed = digest, offset
+        fault_point("after_commit")
+
+    def _append(self, data: bytes) -> None:
+        """Append unbuffered and fsync, so nothing is left in a buffer to land after a rollback."""
+        if not data:
+            return
+        try:
+            if armed("mid_jsonl_write"):
+                self._write_all(data[: len(data) // 2])
+                fault_point("mid_jsonl_write")
+            self._write_all(data)
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write to {self.path}: {exc.strerror or exc}",
+                hint="free disk space or fix the disk, then run the same command again: nothing committed is lost",
+            ) from exc
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+
+    def _rollback(self) -> None:
+        """Drop uncommitted bytes so the file again ends at the committed length."""
+        try:
+            os.truncate(self.path, self.committed)
+        except OSError:
+            log.warning("%s: could not truncate the uncommitted tail; the next start will", self.path)

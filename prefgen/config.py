@@ -1,0 +1,91 @@
+"""The settings of one generate run, and the fingerprint a resumed run must match."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefgen.errors import ConfigError
+from prefgen.plan import check_num_rejects
+
+LEDGER_SUFFIX = ".ledger.sqlite"
+
+# Settings that decide what each unit's text is. A resumed run must use the same values,
+# otherwise the file would mix pairs from two different experiments.
+FINGERPRINT_FIELDS = (
+    "base_model",
+    "adapter_path",
+    "sft_data",
+    "seed",
+    "temperature",
+    "top_p",
+    "num_rejects",
+    "max_new_tokens",
+    "system",
+    "dedup_rejects",
+)
+
+
+def looks_local(ref: str) -> bool:
+    """True when `ref` names a directory rather than a hub id such as `Qwen/Qwen3-8B`."""
+    return Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1
+
+
+def resolve_model_ref(ref: str) -> str:
+    """Absolute path for a local directory, the string itself for a hub id or an empty value."""
+    if ref and looks_local(ref):
+        return str(Path(ref).expanduser().resolve())
+    return ref
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Everything `prefgen generate` was asked to do."""
+
+    base_model: str
+    sft_data: str
+    output: str
+    adapter_path: str = ""
+    ledger: str = ""
+    num_rejects: int = 1
+    dedup_rejects: bool = False
+    seed: int = 42
+    max_new_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_samples: int = 0
+    batch_size: int = 8
+    device: str = "cuda"
+    system: str = ""
+
+    def __post_init__(self):
+        check_num_rejects(self.num_rejects)
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"--max-new-tokens must be at least 1, not {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"--temperature must be 0 (greedy) or more, not {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"--top-p must be in (0, 1], not {self.top_p}")
+        if self.max_samples < 0:
+            raise ConfigError(f"--max-samples must be 0 (all) or more, not {self.max_samples}")
+
+    @property
+    def ledger_path(self) -> Path:
+        return Path(self.ledger) if self.ledger else Path(self.output + LEDGER_SUFFIX)
+
+    def fingerprint(self) -> dict:
+        """The settings a resumed run must share with the ledger, in comparable form."""
+        values = {name: getattr(self, name) for name in FINGERPRINT_FIELDS}
+        values["base_model"] = resolve_model_ref(self.base_model)
+        values["adapter_path"] = resolve_model_ref(self.adapter_path)
+        values["sft_data"] = str(Path(self.sft_data).expanduser().resolve())
+        values["temperature"] = float(self.temperature)
+        values["top_p"] = float(self.top_p)
+        return values
+
+    def settings(self) -> dict:
+        """Every setting, as recorded in the ledger's runs table."""
+        return dataclasses.asdict(self)

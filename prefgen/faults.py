@@ -1,0 +1,81 @@
+"""Named fault-injection points, so every dangerous moment can be tested deterministically.
+
+Set PREFGEN_FAULT to `POINT[:ACTION][@N]` (several separated by commas):
+- POINT is one of FAULT_POINTS;
+- ACTION is `kill` (SIGKILL this process, the default), `raise` (RuntimeError), `enospc`
+  (OSError ENOSPC), `eio` (OSError EIO), `sigterm`/`sigint` (send that signal to this process)
+  or `oom>R` (an out-of-memory error when the batch has more than R rows);
+- @N fires on the N-th time the point is reached (default: the first).
+
+Unset, every point costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+from prefgen.errors import OutOfMemory
+
+FAULT_POINTS = (
+    "after_ledger_open",
+    "after_model_load",
+    "before_generate",
+    "generate",
+    "mid_jsonl_write",
+    "after_jsonl_write",
+    "after_commit",
+)
+
+_hits: dict[str, int] = {}
+
+
+def _parse(spec: str) -> dict[str, tuple[str, int]]:
+    faults = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        item, _, nth = item.partition("@")
+        point, _, action = item.partition(":")
+        if point not in FAULT_POINTS:
+            raise ValueError(f"PREFGEN_FAULT names unknown point {point!r}; known: {', '.join(FAULT_POINTS)}")
+        faults[point] = (action or "kill", int(nth or 1))
+    return faults
+
+
+def armed(point: str) -> bool:
+    """True when `point` will fire the next time fault_point() reaches it."""
+    spec = os.environ.get("PREFGEN_FAULT")
+    if not spec:
+        return False
+    fault = _parse(spec).get(point)
+    return fault is not None and _hits.get(point, 0) + 1 == fault[1] and not fault[0].startswith("oom")
+
+
+def fault_point(point: str, rows: int = 0) -> None:
+    """Do what PREFGEN_FAULT asks at this point, if anything."""
+    spec = os.environ.get("PREFGEN_FAULT")
+    if not spec:
+        return
+    fault = _parse(spec).get(point)
+    if fault is None:
+        return
+    action, nth = fault
+    if action.startswith("oom>"):
+        if rows > int(action[4:]):
+            raise OutOfMemory(f"injected out-of-memory at {point} with {rows} rows")
+        return
+    _hits[point] = _hits.get(point, 0) + 1
+    if _hits[point] != nth:
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action in ("sigterm", "sigint"):
+        os.kill(os.getpid(), signal.SIGTERM if action == "sigterm" else signal.SIGINT)
+    elif action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    elif action == "eio":
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+    elif action == "raise":
+        raise RuntimeError(f"injected fault at {point}")
+    else:
+        raise ValueError(f"PREFGEN_FAULT: unknown action {action!r} at {point}")

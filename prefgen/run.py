@@ -1,0 +1,184 @@
+"""`prefgen generate`: drive the flow from records to committed units, resumably.
+
+records -> plan -> skip what the ledger has -> batch -> generate -> extract/judge -> commit
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from prefgen.batching import batches
+from prefgen.commit import OutputJournal
+from prefgen.config import GenerateConfig
+from prefgen.errors import Interrupted, OutOfMemory, OutputError
+from prefgen.faults import fault_point
+from prefgen.judge import RETRIED_STATUSES, judge_batch
+from prefgen.ledger import Ledger
+from prefgen.lock import exclusive
+from prefgen.records import iter_records
+from prefgen.resume import pending_units, scan_records
+
+log = logging.getLogger("prefgen")
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@dataclass
+class Summary:
+    """What a generate call did."""
+
+    total_units: int
+    done_before: int
+    done_now: int
+    counts: dict[str, int]
+    output: Path
+    ledger: Path
+
+    @property
+    def finished(self) -> bool:
+        return self.done_before + self.done_now >= self.total_units and not any(
+            self.counts.get(s) for s in RETRIED_STATUSES
+        )
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse, before anything is touched, a path prefgen could not write."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a directory", hint=f"give {what} a file path")
+    if not parent.is_dir():
+        raise OutputError(f"the directory of {what} {path} does not exist", hint=f"create {parent} first")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(f"{what} {path} is not writable", hint="check the permissions")
+
+
+class StopSignals:
+    """SIGINT/SIGTERM: the first asks to stop after the batch in flight is committed; a
+    second stops at once (the commit protocol keeps that safe too)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        for signum in EXIT_CODES:
+            self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            raise Interrupted(f"stopped at once by a second {name}", exit_code=EXIT_CODES[signum])
+        self.received = signum
+        log.warning("%s received: stopping after the batch in flight is committed (again to stop now)", name)
+
+    def check(self) -> None:
+        if self.received is not None:
+            name = signal.Signals(self.received).name
+            raise Interrupted(f"stopped by {name} after committing", exit_code=EXIT_CODES[self.received])
+
+
+def generate_with_backoff(engine, units, on_backoff) -> list:
+    """Generate a batch; on out-of-memory, halve it and retry, down to single rows."""
+    try:
+        return engine.generate(units)
+    except OutOfMemory:
+        engine.free_memory()
+        if len(units) == 1:
+            return [engine.oom_answer(units[0])]
+        half = (len(units) + 1) // 2
+        on_backoff(len(units), half)
+        return generate_with_backoff(engine, units[:half], on_backoff) + generate_with_backoff(
+            engine, units[half:], on_backoff
+        )
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, initial: int, enabled: bool) -> Iterator:
+    from tqdm import tqdm
+
+    with tqdm(total=total, initial=initial, unit="unit", desc="generate", disable=not enabled,
+              dynamic_ncols=True, smoothing=0.05) as bar:
+        yield bar
+
+
+def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True) -> Summary:
+    """Run (or resume) generation as `cfg` asks. Library errors are PrefgenError subclasses."""
+    output, ledger_path = Path(cfg.output), cfg.ledger_path
+    check_writable(output, "--output")
+    check_writable(ledger_path, "--ledger")
+    with exclusive(output), exclusive(ledger_path):
+        ledger = Ledger(ledger_path)
+        try:
+            fault_point("after_ledger_open")
+            return _generate_locked(cfg, ledger, argv, show_progress)
+        finally:
+            ledger.close()
+
+
+def _generate_locked(cfg: GenerateConfig, ledger: Ledger, argv: list[str], show_progress: bool) -> Summary:
+    ledger.check_fingerprint(cfg.fingerprint())
+    journal = OutputJournal(ledger, cfg.output)
+    journal.open()
+    try:
+        samples = scan_records(iter_records(cfg.sft_data, cfg.max_samples), ledger)
+        total = samples * cfg.num_rejects
+        with ledger.db.atomic():
+            ledger.set_meta({"samples_total": str(samples), "num_rejects": str(cfg.num_rejects)})
+        counts = ledger.status_counts(max_sample=samples)
+        done_before = sum(n for status, n in counts.items() if status not in RETRIED_STATUSES)
+        summary = Summary(total, done_before, 0, counts, Path(cfg.output), cfg.ledger_path)
+        if done_before >= total:
+            return summary
+        run_id = ledger.start_run(cfg.settings(), argv)
+        try:
+            summary.done_now = _run_batches(cfg, ledger, journal, run_id, total, done_before, show_progress)
+        except Interrupted as exc:
+            ledger.end_run(run_id, "interrupted", reason=str(exc))
+            raise
+        except BaseException as exc:
+            ledger.end_run(run_id, "failed", reason=type(exc).__name__, error=str(exc))
+            raise
+        ledger.end_run(run_id, "finished")
+        summary.counts = ledger.status_counts(max_sample=samples)
+        return summary
+    finally:
+        journal.close()
+
+
+def _run_batches(cfg, ledger, journal, run_id, total, done_before, show_progress) -> int:
+    from prefgen.engine import load_engine
+
+    engine = load_engine(cfg)
+    ledger.record_event(run_id, "model_loaded", {"device": engine.device, "adapter_merged": engine.adapter_merged})
+    fault_point("after_model_load")
+
+    def on_backoff(rows: int, half: int) -> None:
+        log.warning("out of memory with %d rows: retrying as batches of %d", rows, half)
+        ledger.record_event(run_id, "oom_backoff", {"rows": rows, "retry_rows": half})
+
+    kept: dict[int, set[str]] = {}
+    done = 0
+    records = iter_records(cfg.sft_data, cfg.max_samples)
+    units = pending_units(records, ledger, cfg.num_rejects, cfg.seed, kept)
+    with StopSignals() as stop, progress_bar(total, done_before, show_progress) as bar:
+        for batch in batches(units, cfg.batch_size):
+            fault_point("before_generate")
+            answers = generate_with_backoff(engine, batch, on_backoff)
+            journal.commit(run_id, judge_batch(batch, answers, kept, cfg.dedup_rejects))
+            done += len(batch)
+            bar.update(len(batch))
+            for sample in [s for s in kept if s < batch[-1].sample_index]:
+                del kept[sample]  # finished samples: keeps memory bounded
+            stop.check()
+    return done
