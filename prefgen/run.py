@@ -53,7 +53,7 @@ def check_writable(path: Path, what: str) -> None:
     if path.is_dir():
         raise OutputError(f"{what} {path} is a directory", hint=f"give {what} a file path")
     if not parent.is_dir():
-        raise OutputError(f"the directory of {what} {path} does not exist", hint=f"create {parent} first")
+        raise OutputError(f"{what} {path}: its directory does not exist", hint=f"create {parent} first")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise OutputError(f"{what} {path} is not writable", hint="check the permissions")
 

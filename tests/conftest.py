@@ -1,0 +1,67 @@
+import json
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from prefgen.cli import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "examples" / "spider_en" / "department_store_alpaca.json"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """One tiny random Qwen3-MoE model for the whole session (built in seconds, offline)."""
+    from prefgen.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def sample_data(tmp_path) -> Path:
+    """A private copy of the shipped sample (56 real Spider records)."""
+    path = tmp_path / "data.json"
+    shutil.copy(SAMPLE, path)
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PREFGEN_FAULT", raising=False)
+    return tmp_path
+
+
+def write_records(path: Path, records: list, jsonl: bool = False) -> Path:
+    if jsonl:
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [orjson.loads(line) for line in Path(path).read_bytes().splitlines()]
+
+
+def generate_args(model, data, output, **flags) -> list[str]:
+    """`prefgen generate` arguments with small, fast defaults for the tiny model."""
+    options = {"num_rejects": 2, "max_new_tokens": 8, "max_samples": 6, "batch_size": 4, "device": "cpu", "seed": 1234}
+    options.update(flags)
+    args = ["generate", "--base-model", str(model), "--sft-data", str(data), "--output", str(output), "--no-progress"]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is not False and value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def run_cli(args: list[str], expect: int = 0):
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == expect, result.output
+    return result
