@@ -11,6 +11,8 @@ import click
 from prefgen import __version__
 from prefgen.errors import Interrupted, PrefgenError
 
+EXIT_INCOMPLETE = 3  # the run ended, but some units are oom/error and wait for the next run
+
 
 class EchoHandler(logging.Handler):
     """Show prefgen's warnings on stderr as `Warning: ...`."""
@@ -89,9 +91,11 @@ def generate(no_progress, **options):
     else:
         click.echo(f"Generated {summary.done_now} units; {summary.done_before + summary.done_now}"
                    f"/{summary.total_units} done ({counts}).")
-    if not summary.finished:
-        click.echo("Some units could not be generated (oom/error): run the same command again to retry them.")
     click.echo(f"Output: {summary.output}\nLedger: {summary.ledger}")
+    if not summary.finished:
+        click.echo("Some units could not be generated (oom/error): run the same command again to retry them.",
+                   err=True)
+        sys.exit(EXIT_INCOMPLETE)
 
 
 @cli.command("tiny-model")

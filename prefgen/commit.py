@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 
 from prefgen.errors import OutputError
-from prefgen.faults import armed, fault_point
+from prefgen.faults import fault_point
 from prefgen.judge import WRITTEN, Judged
 from prefgen.ledger import Ledger
 
@@ -97,15 +97,16 @@ class OutputJournal:
                 "truncated or replaced behind prefgen's back",
                 hint=REPAIR_HINT.format(path=self.path),
             )
-        if size > self.committed:
-            log.warning("%s: discarding %d uncommitted bytes left by an interrupted run", self.path, size - self.committed)
-            os.truncate(self.path, self.committed)
+        # Check the committed part first: a file edited behind prefgen's back is refused untouched.
         self.digest = hash_range(self.path, base, self.committed) if self.path.exists() else hashlib.sha256()
         if self.digest.hexdigest() != self.ledger.meta("output_sha256"):
             raise OutputError(
                 f"{self.path} no longer matches the ledger (its content was edited behind prefgen's back)",
                 hint=REPAIR_HINT.format(path=self.path),
             )
+        if size > self.committed:
+            log.warning("%s: discarding %d uncommitted bytes left by an interrupted run", self.path, size - self.committed)
+            os.truncate(self.path, self.committed)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _check_path(self) -> None:
@@ -152,9 +153,8 @@ class OutputJournal:
         if not data:
             return
         try:
-            if armed("mid_jsonl_write"):
-                self._write_all(data[: len(data) // 2])
-                fault_point("mid_jsonl_write")
+            # a fault here tears the batch: half of it is on disk when the process dies
+            fault_point("mid_jsonl_write", before=lambda: self._write_all(data[: len(data) // 2]))
             self._write_all(data)
             os.fsync(self.fd)
         except OSError as exc:

@@ -182,6 +182,7 @@ def load_engine(cfg: GenerateConfig) -> Engine:
     device = pick_device(cfg.device)
     try:
         tokenizer = load_tokenizer(cfg.base_model)
+        fault_point("mid_model_load")
         model = load_model(cfg.base_model, device)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the model {cfg.base_model}: {exc}") from exc

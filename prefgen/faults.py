@@ -3,7 +3,8 @@
 Set PREFGEN_FAULT to `POINT[:ACTION][@N]` (several separated by commas):
 - POINT is one of FAULT_POINTS;
 - ACTION is `kill` (SIGKILL this process, the default), `raise` (RuntimeError), `enospc`
-  (OSError ENOSPC), `eio` (OSError EIO), `sigterm`/`sigint` (send that signal to this process)
+  (OSError ENOSPC), `eio` (OSError EIO), `sigterm`/`sigint` (send that signal to this process),
+  `sigterm2`/`sigint2` (send it twice), `sleep` (pause 60 s, holding everything it holds)
   or `oom>R` (an out-of-memory error when the batch has more than R rows);
 - @N fires on the N-th time the point is reached (default: the first).
 
@@ -15,11 +16,14 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
+from typing import Callable
 
 from prefgen.errors import OutOfMemory
 
 FAULT_POINTS = (
     "after_ledger_open",
+    "mid_model_load",
     "after_model_load",
     "before_generate",
     "generate",
@@ -28,7 +32,7 @@ FAULT_POINTS = (
     "after_commit",
 )
 
-_hits: dict[str, int] = {}
+_hits: dict[tuple[str, str], int] = {}
 
 
 def _parse(spec: str) -> dict[str, tuple[str, int]]:
@@ -42,17 +46,8 @@ def _parse(spec: str) -> dict[str, tuple[str, int]]:
     return faults
 
 
-def armed(point: str) -> bool:
-    """True when `point` will fire the next time fault_point() reaches it."""
-    spec = os.environ.get("PREFGEN_FAULT")
-    if not spec:
-        return False
-    fault = _parse(spec).get(point)
-    return fault is not None and _hits.get(point, 0) + 1 == fault[1] and not fault[0].startswith("oom")
-
-
-def fault_point(point: str, rows: int = 0) -> None:
-    """Do what PREFGEN_FAULT asks at this point, if anything."""
+def fault_point(point: str, rows: int = 0, before: Callable[[], None] | None = None) -> None:
+    """Do what PREFGEN_FAULT asks at this point, if anything; `before` runs first when it fires."""
     spec = os.environ.get("PREFGEN_FAULT")
     if not spec:
         return
@@ -64,13 +59,24 @@ def fault_point(point: str, rows: int = 0) -> None:
         if rows > int(action[4:]):
             raise OutOfMemory(f"injected out-of-memory at {point} with {rows} rows")
         return
-    _hits[point] = _hits.get(point, 0) + 1
-    if _hits[point] != nth:
+    key = (spec, point)  # a new PREFGEN_FAULT value starts counting afresh
+    _hits[key] = _hits.get(key, 0) + 1
+    if _hits[key] != nth:
         return
+    if before is not None:
+        before()
+    _trigger(point, action)
+
+
+def _trigger(point: str, action: str) -> None:
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
-    elif action in ("sigterm", "sigint"):
-        os.kill(os.getpid(), signal.SIGTERM if action == "sigterm" else signal.SIGINT)
+    elif action in _SIGNALS:
+        signum, times = _SIGNALS[action]
+        for _ in range(times):
+            os.kill(os.getpid(), signum)
+    elif action == "sleep":
+        time.sleep(60)
     elif action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     elif action == "eio":
@@ -79,3 +85,11 @@ def fault_point(point: str, rows: int = 0) -> None:
         raise RuntimeError(f"injected fault at {point}")
     else:
         raise ValueError(f"PREFGEN_FAULT: unknown action {action!r} at {point}")
+
+
+_SIGNALS = {
+    "sigint": (signal.SIGINT, 1),
+    "sigterm": (signal.SIGTERM, 1),
+    "sigint2": (signal.SIGINT, 2),
+    "sigterm2": (signal.SIGTERM, 2),
+}

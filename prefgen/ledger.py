@@ -192,13 +192,19 @@ class Ledger:
     def commit_units(self, run_id: int, rows: list[dict], output_state: dict) -> None:
         """Record a batch of units and the output's new committed length in one transaction."""
         stamp = now()
-        with self.db.atomic():
-            self.db["units"].upsert_all(
-                [{**row, "run_id": run_id, "updated_at": stamp} for row in rows],
-                pk=("sample_index", "reject_index"),
-            )
-            self.set_meta(output_state)
-            self.db.execute("update runs set units_done = units_done + ? where id = ?", [len(rows), run_id])
+        try:
+            with self.db.atomic():
+                self.db["units"].upsert_all(
+                    [{**row, "run_id": run_id, "updated_at": stamp} for row in rows],
+                    pk=("sample_index", "reject_index"),
+                )
+                self.set_meta(output_state)
+                self.db.execute("update runs set units_done = units_done + ? where id = ?", [len(rows), run_id])
+        except sqlite3.OperationalError as exc:
+            raise LedgerError(
+                f"cannot write the ledger {self.path}: {exc}",
+                hint="free disk space or fix the disk, then run the same command again: nothing committed is lost",
+            ) from exc
 
     def status_counts(self, max_sample: int | None = None) -> dict[str, int]:
         where, params = ("where sample_index < ?", [max_sample]) if max_sample is not None else ("", [])

@@ -117,16 +117,16 @@ def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True) -
     output, ledger_path = Path(cfg.output), cfg.ledger_path
     check_writable(output, "--output")
     check_writable(ledger_path, "--ledger")
-    with exclusive(output), exclusive(ledger_path):
+    with exclusive(output), exclusive(ledger_path), StopSignals() as stop:
         ledger = Ledger(ledger_path)
         try:
             fault_point("after_ledger_open")
-            return _generate_locked(cfg, ledger, argv, show_progress)
+            return _generate_locked(cfg, ledger, argv, show_progress, stop)
         finally:
             ledger.close()
 
 
-def _generate_locked(cfg: GenerateConfig, ledger: Ledger, argv: list[str], show_progress: bool) -> Summary:
+def _generate_locked(cfg, ledger: Ledger, argv: list[str], show_progress: bool, stop: StopSignals) -> Summary:
     ledger.check_fingerprint(cfg.fingerprint())
     journal = OutputJournal(ledger, cfg.output)
     journal.open()
@@ -142,7 +142,7 @@ def _generate_locked(cfg: GenerateConfig, ledger: Ledger, argv: list[str], show_
             return summary
         run_id = ledger.start_run(cfg.settings(), argv)
         try:
-            summary.done_now = _run_batches(cfg, ledger, journal, run_id, total, done_before, show_progress)
+            summary.done_now = _run_batches(cfg, ledger, journal, run_id, total, done_before, show_progress, stop)
         except Interrupted as exc:
             ledger.end_run(run_id, "interrupted", reason=str(exc))
             raise
@@ -156,12 +156,13 @@ def _generate_locked(cfg: GenerateConfig, ledger: Ledger, argv: list[str], show_
         journal.close()
 
 
-def _run_batches(cfg, ledger, journal, run_id, total, done_before, show_progress) -> int:
+def _run_batches(cfg, ledger, journal, run_id, total, done_before, show_progress, stop) -> int:
     from prefgen.engine import load_engine
 
     engine = load_engine(cfg)
     ledger.record_event(run_id, "model_loaded", {"device": engine.device, "adapter_merged": engine.adapter_merged})
     fault_point("after_model_load")
+    stop.check()
 
     def on_backoff(rows: int, half: int) -> None:
         log.warning("out of memory with %d rows: retrying as batches of %d", rows, half)
@@ -171,7 +172,7 @@ def _run_batches(cfg, ledger, journal, run_id, total, done_before, show_progress
     done = 0
     records = iter_records(cfg.sft_data, cfg.max_samples)
     units = pending_units(records, ledger, cfg.num_rejects, cfg.seed, kept)
-    with StopSignals() as stop, progress_bar(total, done_before, show_progress) as bar:
+    with progress_bar(total, done_before, show_progress) as bar:
         for batch in batches(units, cfg.batch_size):
             fault_point("before_generate")
             answers = generate_with_backoff(engine, batch, on_backoff)

@@ -6,6 +6,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
+from prefgen import faults
 from prefgen.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +33,7 @@ def sample_data(tmp_path) -> Path:
 def workdir(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PREFGEN_FAULT", raising=False)
+    faults._hits.clear()  # in-process CLI runs share the fault counters
     return tmp_path
 
 
