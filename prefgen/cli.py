@@ -54,7 +54,23 @@ def cli():
     setup_logging()
 
 
+def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Read a YAML run config into the command's defaults: flags on the command line win."""
+    if not value:
+        return value
+    from prefgen.config import read_config_file
+
+    try:
+        settings = read_config_file(value, {p.name for p in ctx.command.params if p.name != "config"})
+    except PrefgenError as exc:
+        raise click.BadParameter(f"{exc} ({exc.hint})" if exc.hint else str(exc), ctx, param) from exc
+    ctx.default_map = {**(ctx.default_map or {}), **settings}
+    return value
+
+
 @cli.command()
+@click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+              callback=load_config, help="YAML file of settings (keys are the flag names); flags override it.")
 @click.option("--base-model", required=True, help="Model directory (or hub id where online).")
 @click.option("--adapter-path", default="", help="PEFT LoRA adapter directory; empty for none.")
 @click.option("--sft-data", required=True, help="Alpaca records: a JSON array (.json) or JSON Lines (.jsonl).")
@@ -79,6 +95,7 @@ def generate(no_progress, **options):
     Example:
       prefgen generate --base-model /models/qwen --sft-data data.json \\
         --output pairs.jsonl --num-rejects 3 --batch-size 16 --device cuda
+      prefgen generate --config run.yaml --batch-size 4
     """
     from prefgen.config import GenerateConfig
     from prefgen.run import generate as run_generate
@@ -139,14 +156,78 @@ def ledger():
 
 @ledger.command()
 @click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with stable keys (see README).")
+@click.option("--as-config", is_flag=True, help="Print the latest run's settings as a --config YAML file.")
+@click.option("--recent-minutes", type=int, default=10, show_default=True, help="Window of the recent speed.")
 @friendly_errors
-def status(path):
-    """Counts by status and units done / total.
+def status(path, as_json, as_config, recent_minutes):
+    """Progress, speed, ETA, run history and the last error of a run.
+
+    Opens the ledger read-only: safe while a run is writing it.
 
     \b
     Example:
       prefgen ledger status pairs.jsonl.ledger.sqlite
+      prefgen ledger status pairs.jsonl.ledger.sqlite --json | jq .units
     """
-    from prefgen.report import status_report
+    import orjson
 
-    click.echo(status_report(path))
+    from prefgen.report import config_yaml, format_status, status_data
+
+    data = status_data(path, recent_minutes)
+    if as_config:
+        click.echo(config_yaml(data), nl=False)
+    elif as_json:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_status(data))
+
+
+@ledger.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.argument("sample_index", type=int)
+@click.option("--full", is_flag=True, help="Print raw answers whole.")
+@friendly_errors
+def show(path, sample_index, full):
+    """Every unit of one sample: seed, status, SQL, answer, tokens, time.
+
+    \b
+    Example:
+      prefgen ledger show pairs.jsonl.ledger.sqlite 17 --full
+    """
+    from prefgen.report import format_sample
+
+    click.echo(format_sample(path, sample_index, full))
+
+
+@ledger.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@friendly_errors
+def failures(path):
+    """Units in error / oom / no_sql / retry states, grouped by reason, with their samples.
+
+    \b
+    Example:
+      prefgen ledger failures pairs.jsonl.ledger.sqlite
+    """
+    from prefgen.report import format_failures
+
+    click.echo(format_failures(path))
+
+
+@ledger.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--status", "statuses", default="error,oom", show_default=True,
+              help="Comma-separated statuses to retry (error, oom).")
+@friendly_errors
+def retry(path, statuses):
+    """Mark units to be generated again by the next `prefgen generate`.
+
+    \b
+    Example:
+      prefgen ledger retry pairs.jsonl.ledger.sqlite --status oom
+    """
+    from prefgen.report import mark_retry
+
+    count = mark_retry(path, [s.strip() for s in statuses.split(",") if s.strip()])
+    click.echo(f"Marked {count} units for retry: the next run generates them again.")

@@ -89,3 +89,30 @@ class GenerateConfig:
     def settings(self) -> dict:
         """Every setting, as recorded in the ledger's runs table."""
         return dataclasses.asdict(self)
+
+
+def read_config_file(path: str, known: set[str]) -> dict:
+    """Settings from a YAML file whose keys are flag names (dashes or underscores)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of flag names to values")
+    settings = {}
+    for key, value in data.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in known:
+            raise ConfigError(
+                f"{path}: unknown key {key!r}",
+                hint="keys are generate's flag names, such as base-model or num-rejects",
+            )
+        settings[name] = "" if value is None else value
+    return settings

@@ -57,7 +57,40 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial]
+def m002_views(db: sqlite_utils.Database) -> None:
+    """Read-only views that make the common questions one-line queries."""
+    db.create_view("sample_progress", """
+        select sample_index,
+          count(*) as units,
+          sum(status = 'written') as written,
+          sum(status = 'duplicate') as duplicate,
+          sum(status = 'no_sql') as no_sql,
+          sum(status in ('oom', 'error', 'retry')) as failed,
+          sum(coalesce(new_tokens, 0)) as new_tokens,
+          round(sum(coalesce(gen_seconds, 0)), 3) as gen_seconds
+        from units group by sample_index""")
+    db.create_view("progress", """
+        select
+          (select cast(value as integer) from meta where key = 'samples_total')
+            * (select cast(value as integer) from meta where key = 'num_rejects') as units_total,
+          (select count(*) from units where status not in ('oom', 'error', 'retry')) as units_done,
+          (select count(*) from units where status in ('oom', 'error', 'retry')) as units_failed,
+          (select cast(value as integer) from meta where key = 'samples_total') as samples_total,
+          (select count(*) from sample_progress where units - failed
+             = (select cast(value as integer) from meta where key = 'num_rejects')) as samples_complete,
+          (select count(*) from units where status = 'written') as lines_written,
+          (select coalesce(sum(new_tokens), 0) from units) as tokens_generated,
+          (select max(updated_at) from units) as last_update""")
+    db.create_view("run_history", """
+        select r.id, r.started_at, r.ended_at, r.status, r.stop_reason, r.units_done, r.error,
+          (select count(*) from events e where e.run_id = r.id and e.kind = 'oom_backoff') as oom_backoffs,
+          round((julianday(coalesce(r.ended_at,
+            (select max(updated_at) from units u where u.run_id = r.id), r.started_at))
+            - julianday(r.started_at)) * 86400, 3) as seconds
+        from runs r order by r.id""")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial, m002_views]
 
 
 def migrate(db: sqlite_utils.Database) -> None:
@@ -111,7 +144,16 @@ class Ledger:
     def _check_readable(self) -> None:
         if MIGRATIONS_TABLE not in self.db.table_names():
             raise LedgerError(f"{self.path} is not a prefgen ledger (no {MIGRATIONS_TABLE} table)")
-        check_known({row["name"] for row in self.db[MIGRATIONS_TABLE].rows})
+        applied = {row["name"] for row in self.db[MIGRATIONS_TABLE].rows}
+        check_known(applied)
+        if len(applied) < len(MIGRATIONS):
+            # A ledger from an older prefgen: bring its schema (views) up to date once, then read.
+            self.db.close()
+            writer = _connect(self.path, readonly=False)
+            writer.execute("PRAGMA busy_timeout = 10000")
+            migrate(writer)
+            writer.close()
+            self.db = _connect(self.path, readonly=True)
 
     def close(self) -> None:
         self.db.close()
@@ -151,7 +193,7 @@ class Ledger:
         """Open a row in `runs` for this process and return its id."""
         with self.db.atomic():
             self.db.execute(
-                "update runs set status = 'crashed', stop_reason = 'the process died without closing its run'"
+                "update runs set status = 'crashed', stop_reason = 'the process died'"
                 " where status = 'running'"
             )
             table = self.db["runs"].insert(
@@ -219,10 +261,54 @@ class Ledger:
         )
 
     def mark_for_retry(self, statuses: list[str]) -> int:
-        """Mark units in these statuses to be generated again by the next run."""
+        """Mark units in these statuses to be generated again by the next run, with an event."""
         marks = ",".join("?" for _ in statuses)
         with self.db.atomic():
             cursor = self.db.execute(
-                f"update units set status = 'retry', updated_at = ? where status in ({marks})", [now(), *statuses]
+                f"update units set status = 'retry', detail = 'marked for retry from ' || status, updated_at = ?"
+                f" where status in ({marks})",
+                [now(), *statuses],
             )
-        return cursor.rowcount
+            count = cursor.rowcount
+            self.db["events"].insert({
+                "run_id": None, "at": now(), "kind": "retry_marked",
+                "detail": orjson.dumps({"statuses": statuses, "units": count}).decode(),
+            })
+        return count
+
+    # --- inspection (read-only) ---------------------------------------------------------------------
+    def progress(self) -> dict:
+        return next(self.db.query("select * from progress"))
+
+    def run_history(self) -> list[dict]:
+        return list(self.db.query("select * from run_history"))
+
+    def sample_units(self, sample_index: int) -> list[dict]:
+        return list(self.db.query(
+            "select * from units where sample_index = ? order by reject_index", [sample_index]))
+
+    def partial_samples(self, num_rejects: int) -> int:
+        """Samples with some, but not all, units done."""
+        return next(self.db.query(
+            "select count(*) as n from sample_progress where units - failed between 1 and ? - 1", [num_rejects]))["n"]
+
+    def totals(self, since: str | None = None) -> dict:
+        """Units and tokens generated (and the time span they cover), optionally since a timestamp."""
+        where, params = ("where updated_at >= ?", [since]) if since else ("", [])
+        return next(self.db.query(
+            "select count(*) as units, coalesce(sum(new_tokens), 0) as new_tokens,"
+            " coalesce(sum(prompt_tokens), 0) as prompt_tokens, min(updated_at) as first, max(updated_at) as last"
+            f" from units {where}", params))
+
+    def failures(self) -> list[dict]:
+        return list(self.db.query(
+            "select status, coalesce(nullif(detail, ''), status) as reason, count(*) as units,"
+            " group_concat(distinct sample_index) as samples from units"
+            " where status in ('error', 'oom', 'no_sql', 'timeout', 'retry')"
+            " group by status, reason order by units desc"))
+
+    def last_error(self) -> dict | None:
+        rows = list(self.db.query(
+            "select id as run_id, ended_at as at, stop_reason, error from runs"
+            " where error is not null and error != '' order by id desc limit 1"))
+        return rows[0] if rows else None

@@ -1,27 +1,220 @@
-"""Inspection: read a ledger (read-only, safe while a run writes it) and summarise it."""
+"""Inspection: read a ledger (read-only, safe while a run writes it) and summarise it.
+
+`status_data` returns the stable JSON document of `prefgen ledger status --json`; the
+`format_*` functions render text that fits an 80-column terminal.
+"""
 
 from __future__ import annotations
 
+import datetime
+
+from pathlib import Path
+
+import orjson
+
+from prefgen.errors import ConfigError, LedgerError
+from prefgen.judge import RETRIED_STATUSES
 from prefgen.ledger import Ledger
+from prefgen.lock import exclusive
+
+RECENT_MINUTES = 10
 
 
-def status_report(path: str) -> str:
-    """Units done / total and counts by status, as text for a terminal."""
+def parse_time(stamp: str | None) -> datetime.datetime | None:
+    return datetime.datetime.fromisoformat(stamp) if stamp else None
+
+
+def human_number(value: float) -> str:
+    """1234 -> 1.2k, 0.5 -> 0.50."""
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= limit:
+            return f"{value / limit:.1f}{suffix}"
+    return f"{value:.2f}" if value and abs(value) < 10 and value != int(value) else f"{value:.0f}"
+
+
+def human_duration(seconds: float | None) -> str:
+    """3h12m, 4m05s, 12s; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _rate(count: float, seconds: float | None) -> float | None:
+    return count / seconds if seconds else None
+
+
+def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
+    """Everything `ledger status` shows, as one JSON-ready dict with stable keys."""
     ledger = Ledger(path, readonly=True)
     try:
+        progress = ledger.progress()
         counts = ledger.status_counts()
-        samples = int(ledger.meta("samples_total", "0") or 0)
-        rejects = int(ledger.meta("num_rejects", "0") or 0)
-        runs = ledger.runs()
+        runs = ledger.run_history()
+        num_rejects = int(ledger.meta("num_rejects", "0") or 0)
+        partial = ledger.partial_samples(num_rejects) if num_rejects else 0
+        overall = ledger.totals()
+        recent_start = _minus_minutes(progress["last_update"], recent_minutes)
+        recent = ledger.totals(since=recent_start) if recent_start else {"units": 0, "new_tokens": 0}
+        last_error = ledger.last_error()
+        settings = orjson.loads(runs and ledger.runs()[-1]["settings"] or "{}")
     finally:
         ledger.close()
-    from prefgen.judge import RETRIED_STATUSES
+    run_seconds = sum(r["seconds"] or 0 for r in runs) or None
+    recent_seconds = _recent_span(recent_start, progress["last_update"], runs)
+    units_total = progress["units_total"] or 0
+    samples_total = progress["samples_total"] or 0
+    units_rate = _rate(overall["units"], run_seconds)
+    recent_rate = _rate(recent["units"], recent_seconds)
+    remaining = max(units_total - progress["units_done"], 0)
+    eta_rate = recent_rate or units_rate
+    return {
+        "ledger": str(path),
+        "units": {
+            "total": units_total, "done": progress["units_done"], "remaining": remaining,
+            "failed": progress["units_failed"], "by_status": counts,
+        },
+        "samples": {
+            "total": samples_total, "complete": progress["samples_complete"], "partial": partial,
+            "pending": max(samples_total - progress["samples_complete"] - partial, 0),
+        },
+        "lines_written": progress["lines_written"],
+        "tokens": {"prompt": overall["prompt_tokens"], "generated": overall["new_tokens"]},
+        "throughput": {
+            "units_per_s": units_rate, "tokens_per_s": _rate(overall["new_tokens"], run_seconds),
+            "recent_minutes": recent_minutes, "recent_units_per_s": recent_rate,
+            "recent_tokens_per_s": _rate(recent["new_tokens"], recent_seconds),
+        },
+        "eta_s": remaining / eta_rate if remaining and eta_rate else (0.0 if not remaining else None),
+        "last_update": progress["last_update"],
+        "runs": runs,
+        "last_error": last_error,
+        "settings": settings,
+    }
 
-    total = samples * rejects
-    done = sum(n for status, n in counts.items() if status not in RETRIED_STATUSES)
-    lines = [f"Ledger: {path}", f"Units done: {done} / {total}" + (f" ({100 * done / total:.1f}%)" if total else "")]
-    lines += [f"  {status:<10} {n}" for status, n in sorted(counts.items())]
-    if runs:
-        last = runs[-1]
-        lines.append(f"Runs: {len(runs)}; last started {last['started_at']}, status {last['status']}")
+
+def _minus_minutes(stamp: str | None, minutes: int) -> str | None:
+    moment = parse_time(stamp)
+    return (moment - datetime.timedelta(minutes=minutes)).isoformat(timespec="milliseconds") if moment else None
+
+
+def _recent_span(start: str | None, end: str | None, runs: list[dict]) -> float | None:
+    """Seconds of the recent window that the latest run was actually working."""
+    if not start or not end or not runs:
+        return None
+    begin = max(parse_time(start), parse_time(runs[-1]["started_at"]))
+    return max((parse_time(end) - begin).total_seconds(), 0) or None
+
+
+def format_status(data: dict) -> str:
+    """The one-screen text of `prefgen ledger status`."""
+    units, samples, speed = data["units"], data["samples"], data["throughput"]
+    percent = f" ({100 * units['done'] / units['total']:.1f}%)" if units["total"] else ""
+    lines = [
+        f"Ledger   {data['ledger']}",
+        f"Units    {units['done']} / {units['total']} done{percent}, {units['failed']} to retry",
+        f"Samples  {samples['complete']} complete, {samples['partial']} partial, "
+        f"{samples['pending']} pending (of {samples['total']})",
+        "Status   " + ", ".join(f"{k} {v}" for k, v in sorted(units["by_status"].items())),
+        f"Tokens   {human_number(data['tokens']['generated'])} generated, "
+        f"{human_number(data['tokens']['prompt'])} prompt",
+        f"Speed    {_speed(speed['units_per_s'], speed['tokens_per_s'])} overall; "
+        f"{_speed(speed['recent_units_per_s'], speed['recent_tokens_per_s'])} last {speed['recent_minutes']}m",
+        f"ETA      {human_duration(data['eta_s'])}",
+        "Runs",
+    ]
+    for run in data["runs"]:
+        backoffs = f", {run['oom_backoffs']} OOM backoffs" if run["oom_backoffs"] else ""
+        reason = f": {run['stop_reason']}" if run["stop_reason"] else ""
+        lines.append(
+            f"  #{run['id']} {run['started_at'][:16].replace('T', ' ')} {human_duration(run['seconds']):>6} "
+            f"{run['units_done']:>6} units  {run['status']}{reason}{backoffs}"[:80]
+        )
+    if data["last_error"]:
+        error = data["last_error"]
+        lines.append(f"Last error (run #{error['run_id']}): {error['stop_reason']}: {error['error']}"[:80])
     return "\n".join(lines)
+
+
+def _speed(units: float | None, tokens: float | None) -> str:
+    if units is None:
+        return "-"
+    return f"{human_number(units)} units/s, {human_number(tokens or 0)} tok/s"
+
+
+def config_yaml(data: dict) -> str:
+    """The latest run's settings as a --config file that reproduces it."""
+    import yaml
+
+    settings = {k.replace("_", "-"): v for k, v in data["settings"].items()}
+    return yaml.safe_dump(settings, sort_keys=False, allow_unicode=True)
+
+
+def format_sample(path: str, sample_index: int, full: bool = False, width: int = 200) -> str:
+    """Every unit of one sample."""
+    ledger = Ledger(path, readonly=True)
+    try:
+        units = ledger.sample_units(sample_index)
+    finally:
+        ledger.close()
+    if not units:
+        return f"Sample {sample_index}: no units in the ledger."
+    lines = [f"Sample {sample_index}: {len(units)} units"]
+    for unit in units:
+        raw = unit["raw_answer"] or ""
+        if not full and len(raw) > width:
+            raw = raw[:width] + f"... ({len(raw)} chars, --full for all)"
+        verdict = f"  verdict {unit['verdict']}" if unit.get("verdict") else ""
+        lines += [
+            f"- reject {unit['reject_index']}  seed {unit['seed']}  status {unit['status']}{verdict}  "
+            f"tokens {unit['prompt_tokens']}+{unit['new_tokens']}  {unit['gen_seconds'] or 0:.2f}s",
+            f"  sql: {unit['sql']}",
+            f"  answer: {raw}",
+        ]
+        if unit["detail"]:
+            lines.append(f"  detail: {unit['detail']}")
+    return "\n".join(lines)
+
+
+def format_failures(path: str) -> str:
+    """Units in error / oom / no_sql / timeout / retry, grouped by reason."""
+    ledger = Ledger(path, readonly=True)
+    try:
+        groups = ledger.failures()
+    finally:
+        ledger.close()
+    if not groups:
+        return "No failed units."
+    lines = []
+    for group in groups:
+        lines.append(f"{group['status']}: {group['reason']} ({group['units']} units)"[:80])
+        lines.append(f"  samples: {group['samples']}")
+    return "\n".join(lines)
+
+
+def mark_retry(path: str, statuses: list[str]) -> int:
+    """Mark units to be generated again by the next run (refused while a run holds the ledger)."""
+    allowed = set(RETRIED_STATUSES) - {"retry"}
+    wrong = [s for s in statuses if s not in allowed]
+    if wrong:
+        raise ConfigError(
+            f"cannot retry units in status {', '.join(wrong)}",
+            hint=f"only {', '.join(sorted(allowed))} units can be retried: the others would come out the same",
+        )
+    if not Path(path).is_file():
+        raise LedgerError(f"{path}: no such ledger")
+    with exclusive(path):
+        ledger = Ledger(path)
+        try:
+            return ledger.mark_for_retry(statuses)
+        finally:
+            ledger.close()

@@ -232,5 +232,5 @@ def test_ledger_status_counts(workdir, tiny_model, sample_data):
     out = workdir / "pairs.jsonl"
     run_cli(generate_args(tiny_model, sample_data, out, num_rejects=3, max_samples=2, temperature=0, dedup_rejects=True))
     result = run_cli(["ledger", "status", str(out) + ".ledger.sqlite"])
-    assert "Units done: 6 / 6 (100.0%)" in result.output
-    assert "duplicate  4" in result.output and "written    2" in result.output
+    assert "Units    6 / 6 done (100.0%), 0 to retry" in result.output
+    assert "Status   duplicate 4, written 2" in result.output
