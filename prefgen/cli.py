@@ -84,8 +84,16 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--top-p", type=float, default=0.9, show_default=True)
 @click.option("--max-samples", type=int, default=0, show_default=True, help="Use the first N records (0 = all).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Rows per generation call.")
+@click.option("--max-batch-tokens", type=int, default=0, show_default=True,
+              help="Bound on rows x (longest prompt + max-new-tokens) per batch (0 = none).")
+@click.option("--lookahead", type=int, default=32, show_default=True,
+              help="Samples per window in which units are grouped by prompt length (1 = none).")
 @click.option("--device", default="cuda", show_default=True, help="cuda, cuda:N or cpu.")
 @click.option("--system", default="", help="Optional system prompt.")
+@click.option("--rank", type=int, default=0, envvar="RANK", show_default=True,
+              help="This process's share: samples with index % world-size == rank (set by torchrun).")
+@click.option("--world-size", type=int, default=1, envvar="WORLD_SIZE", show_default=True,
+              help="Number of processes sharing the run (set by torchrun).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @friendly_errors
 def generate(no_progress, **options):
@@ -147,6 +155,25 @@ def repair(output, ledger):
 
     lines = repair_output(output, ledger)
     click.echo(f"Rebuilt {output} from the ledger: {lines} lines.")
+
+
+@cli.command()
+@click.option("--output", required=True, help="The merged JSONL to write (the --output the ranks were given).")
+@click.option("--world-size", type=int, required=True, help="How many ranks the run was split into.")
+@friendly_errors
+def merge(output, world_size):
+    """Combine the rank parts of a torchrun / Slurm run into one JSONL, in sample order.
+
+    Refuses when a part is missing, incomplete or changed behind prefgen's back.
+
+    \b
+    Example:
+      prefgen merge --output pairs.jsonl --world-size 8
+    """
+    from prefgen.merge import merge_parts
+
+    count = merge_parts(output, world_size)
+    click.echo(f"Merged {world_size} parts into {output}: {count} lines.")
 
 
 @cli.group()

@@ -68,6 +68,30 @@ def hash_range(path: Path, start: int, end: int) -> "hashlib._Hash":
     return digest
 
 
+def check_committed(ledger: Ledger, path: Path) -> tuple[int, "hashlib._Hash"]:
+    """Verify the file still holds exactly what the ledger committed; return (length, digest).
+
+    Bytes past the committed length are allowed (an interrupted commit); the committed part
+    must be there and hash to the ledger's value.
+    """
+    base = int(ledger.meta("output_base", "0"))
+    committed = int(ledger.meta("output_committed", "0"))
+    size = path.stat().st_size if path.exists() else 0
+    if size < committed:
+        raise OutputError(
+            f"{path} is {size} bytes but the ledger has committed {committed}: it was "
+            "truncated or replaced behind prefgen's back",
+            hint=REPAIR_HINT.format(path=path),
+        )
+    digest = hash_range(path, base, committed) if path.exists() else hashlib.sha256()
+    if digest.hexdigest() != ledger.meta("output_sha256"):
+        raise OutputError(
+            f"{path} no longer matches the ledger (its content was edited behind prefgen's back)",
+            hint=REPAIR_HINT.format(path=path),
+        )
+    return committed, digest
+
+
 class OutputJournal:
     """The JSONL output, kept in step with the ledger."""
 
@@ -89,21 +113,7 @@ class OutputJournal:
                     "output_committed": str(size), "output_sha256": hashlib.sha256().hexdigest(),
                 })
         self._check_path()
-        base = int(self.ledger.meta("output_base"))
-        self.committed = int(self.ledger.meta("output_committed"))
-        if size < self.committed:
-            raise OutputError(
-                f"{self.path} is {size} bytes but the ledger has committed {self.committed}: it was "
-                "truncated or replaced behind prefgen's back",
-                hint=REPAIR_HINT.format(path=self.path),
-            )
-        # Check the committed part first: a file edited behind prefgen's back is refused untouched.
-        self.digest = hash_range(self.path, base, self.committed) if self.path.exists() else hashlib.sha256()
-        if self.digest.hexdigest() != self.ledger.meta("output_sha256"):
-            raise OutputError(
-                f"{self.path} no longer matches the ledger (its content was edited behind prefgen's back)",
-                hint=REPAIR_HINT.format(path=self.path),
-            )
+        self.committed, self.digest = check_committed(self.ledger, self.path)
         if size > self.committed:
             log.warning("%s: discarding %d uncommitted bytes left by an interrupted run", self.path, size - self.committed)
             os.truncate(self.path, self.committed)

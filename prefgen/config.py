@@ -24,6 +24,8 @@ FINGERPRINT_FIELDS = (
     "max_new_tokens",
     "system",
     "dedup_rejects",
+    "rank",
+    "world_size",
 )
 
 
@@ -37,6 +39,13 @@ def resolve_model_ref(ref: str) -> str:
     if ref and looks_local(ref):
         return str(Path(ref).expanduser().resolve())
     return ref
+
+
+def part_path(path: Path, rank: int, world_size: int) -> Path:
+    """`pairs.jsonl` -> `pairs.rank1-of-4.jsonl` when the run is split over processes."""
+    if world_size == 1:
+        return path
+    return path.with_name(f"{path.stem}.rank{rank}-of-{world_size}{path.suffix}")
 
 
 @dataclass(frozen=True)
@@ -56,8 +65,12 @@ class GenerateConfig:
     top_p: float = 0.9
     max_samples: int = 0
     batch_size: int = 8
+    max_batch_tokens: int = 0
+    lookahead: int = 32
     device: str = "cuda"
     system: str = ""
+    rank: int = 0
+    world_size: int = 1
 
     def __post_init__(self):
         check_num_rejects(self.num_rejects)
@@ -69,12 +82,25 @@ class GenerateConfig:
             raise ConfigError(f"--temperature must be 0 (greedy) or more, not {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"--top-p must be in (0, 1], not {self.top_p}")
+        if self.max_batch_tokens < 0:
+            raise ConfigError(f"--max-batch-tokens must be 0 (no bound) or more, not {self.max_batch_tokens}")
+        if self.lookahead < 1:
+            raise ConfigError(f"--lookahead must be at least 1, not {self.lookahead}")
+        if not 0 <= self.rank < self.world_size:
+            raise ConfigError(f"--rank must be in [0, --world-size), not {self.rank} of {self.world_size}")
         if self.max_samples < 0:
             raise ConfigError(f"--max-samples must be 0 (all) or more, not {self.max_samples}")
 
     @property
+    def output_path(self) -> Path:
+        """This process's JSONL: the output itself, or its rank's part under torchrun."""
+        return part_path(Path(self.output), self.rank, self.world_size)
+
+    @property
     def ledger_path(self) -> Path:
-        return Path(self.ledger) if self.ledger else Path(self.output + LEDGER_SUFFIX)
+        if self.ledger:
+            return part_path(Path(self.ledger), self.rank, self.world_size)
+        return Path(str(self.output_path) + LEDGER_SUFFIX)
 
     def fingerprint(self) -> dict:
         """The settings a resumed run must share with the ledger, in comparable form."""

@@ -19,6 +19,8 @@ from prefgen.prompts import PromptBuilder
 
 log = logging.getLogger("prefgen")
 
+PROMPT_CACHE_SIZE = 4096  # tokenized prompts kept; batches and look-ahead windows are far smaller
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -99,6 +101,7 @@ class Engine:
         self.prompt = PromptBuilder(tokenizer, cfg.system)
         self.eos_ids = self._eos_ids()
         self.pad_id = tokenizer.pad_token_id
+        self._prompt_cache: dict[tuple[int, str], list[int]] = {}
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
@@ -108,8 +111,18 @@ class Engine:
         return ids
 
     def prompt_ids(self, unit: WorkUnit) -> list[int]:
-        """The token ids of a unit's prompt."""
-        return self.tokenizer(self.prompt(unit.record), add_special_tokens=False)["input_ids"]
+        """The token ids of a unit's prompt (cached: a sample's rejects share them)."""
+        key = (unit.sample_index, unit.record.hash)
+        ids = self._prompt_cache.get(key)
+        if ids is None:
+            if len(self._prompt_cache) >= PROMPT_CACHE_SIZE:
+                self._prompt_cache.clear()
+            ids = self.tokenizer(self.prompt(unit.record), add_special_tokens=False)["input_ids"]
+            self._prompt_cache[key] = ids
+        return ids
+
+    def prompt_length(self, unit: WorkUnit) -> int:
+        return len(self.prompt_ids(unit))
 
     def _pad(self, rows: list[list[int]]):
         import torch
@@ -125,33 +138,60 @@ class Engine:
     def generate(self, units: list[WorkUnit]) -> list[Answer]:
         """Generate one answer per unit; raises OutOfMemory when the batch does not fit."""
         import torch
-        from transformers import GenerationConfig, LogitsProcessorList
 
-        from prefgen.sampling import SeededSampler
-
-        by_sample: dict[int, list[int]] = {}  # a sample's rejects share one tokenized prompt
-        for unit in units:
-            if unit.sample_index not in by_sample:
-                by_sample[unit.sample_index] = self.prompt_ids(unit)
-        rows = [by_sample[u.sample_index] for u in units]
-        ids, mask = self._pad(rows)
-        sampler = SeededSampler([u.seed for u in units], ids.shape[1], self.cfg.temperature, self.cfg.top_p)
-        config = GenerationConfig(
-            max_new_tokens=self.cfg.max_new_tokens, do_sample=False,
-            eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
-        )
         started = time.perf_counter()
         try:
             fault_point("generate", rows=len(units))
             with torch.inference_mode():
-                out = self.model.generate(
-                    input_ids=ids, attention_mask=mask, generation_config=config,
-                    logits_processor=LogitsProcessorList([sampler]),
-                )
+                tokens = self._decode(units)
         except torch.cuda.OutOfMemoryError as exc:
             raise OutOfMemory(f"CUDA out of memory with {len(units)} rows: {exc}") from exc
         seconds = (time.perf_counter() - started) / len(units)
-        return [self._answer(row, out[i, ids.shape[1]:].tolist(), seconds) for i, row in enumerate(rows)]
+        return [self._answer(self.prompt_ids(u), new, seconds) for u, new in zip(units, tokens)]
+
+    def _decode(self, units: list[WorkUnit]) -> list[list[int]]:
+        """Prefill each distinct prompt once, then decode every row with its own seed.
+
+        Rows that have produced an end-of-sequence token leave the batch (and the KV cache),
+        so the rows still generating do not pay for them.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        from prefgen.sampling import choose_tokens
+
+        samples = list(dict.fromkeys(u.sample_index for u in units))
+        first = {u.sample_index: u for u in reversed(units)}
+        ids, mask = self._pad([self.prompt_ids(first[s]) for s in samples])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        # Expand the prefilled prompts to one row per unit.
+        row_of = torch.tensor([samples.index(u.sample_index) for u in units], device=ids.device)
+        cache.batch_select_indices(row_of)
+        logits, mask, position = out.logits[row_of, -1, :], mask[row_of], positions[row_of, -1]
+        seeds = torch.tensor([u.seed for u in units], dtype=torch.int64, device=ids.device)
+        active = torch.arange(len(units), device=ids.device)  # original row of each live row
+        eos = torch.tensor(self.eos_ids, device=ids.device)
+        generated: list[list[int]] = [[] for _ in units]
+        for step in range(self.cfg.max_new_tokens):
+            chosen = choose_tokens(logits, seeds, step, self.cfg.temperature, self.cfg.top_p)
+            for row, token in zip(active.tolist(), chosen.tolist()):
+                generated[row].append(token)
+            live = ~torch.isin(chosen, eos)
+            if step == self.cfg.max_new_tokens - 1 or not bool(live.any()):
+                break
+            if not bool(live.all()):
+                keep = live.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                active, chosen, seeds, mask, position = active[keep], chosen[keep], seeds[keep], mask[keep], position[keep]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            position = position + 1
+            out = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position[:, None],
+                             past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1, :]
+        return generated
 
     def _answer(self, prompt: list[int], new: list[int], seconds: float) -> Answer:
         cut = next((i for i, t in enumerate(new) if t in self.eos_ids), None)

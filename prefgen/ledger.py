@@ -253,11 +253,12 @@ class Ledger:
         rows = self.db.query(f"select status, count(*) as n from units {where} group by status", params)
         return {r["status"]: r["n"] for r in rows}
 
-    def written_lines(self) -> Iterator[dict]:
-        """Every written unit's line and offset, in file order."""
+    def written_lines(self, order: str = "file") -> Iterator[dict]:
+        """Every written unit's line and offset, in file order or (sample, reject) order."""
+        by = "line_offset" if order == "file" else "sample_index, reject_index"
         yield from self.db.query(
             "select sample_index, reject_index, line_offset, line_length, line from units"
-            " where status = 'written' order by line_offset"
+            f" where status = 'written' order by {by}"
         )
 
     def mark_for_retry(self, statuses: list[str]) -> int:

@@ -48,3 +48,8 @@ def plan_units(records: Iterable[Record], num_rejects: int, seed: int) -> Iterat
     for record in records:
         for reject_index in range(num_rejects):
             yield WorkUnit(record, reject_index, unit_seed(seed, record.index, reject_index))
+
+
+def shard(records: Iterable[Record], rank: int, world_size: int) -> Iterator[Record]:
+    """The records of one process of `world_size`: sample_index % world_size == rank."""
+    return (r for r in records if r.index % world_size == rank)

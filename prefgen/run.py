@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from prefgen.batching import batches
+from prefgen.batching import batches, window_start
 from prefgen.commit import OutputJournal
 from prefgen.config import GenerateConfig
 from prefgen.errors import Interrupted, OutOfMemory, OutputError
@@ -21,6 +21,7 @@ from prefgen.faults import fault_point
 from prefgen.judge import RETRIED_STATUSES, judge_batch
 from prefgen.ledger import Ledger
 from prefgen.lock import exclusive
+from prefgen.plan import shard
 from prefgen.records import iter_records
 from prefgen.resume import pending_units, scan_records
 
@@ -114,7 +115,7 @@ def progress_bar(total: int, initial: int, enabled: bool) -> Iterator:
 
 def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True) -> Summary:
     """Run (or resume) generation as `cfg` asks. Library errors are PrefgenError subclasses."""
-    output, ledger_path = Path(cfg.output), cfg.ledger_path
+    output, ledger_path = cfg.output_path, cfg.ledger_path
     check_writable(output, "--output")
     check_writable(ledger_path, "--ledger")
     with exclusive(output), exclusive(ledger_path), StopSignals() as stop:
@@ -128,16 +129,16 @@ def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True) -
 
 def _generate_locked(cfg, ledger: Ledger, argv: list[str], show_progress: bool, stop: StopSignals) -> Summary:
     ledger.check_fingerprint(cfg.fingerprint())
-    journal = OutputJournal(ledger, cfg.output)
+    journal = OutputJournal(ledger, cfg.output_path)
     journal.open()
     try:
-        samples = scan_records(iter_records(cfg.sft_data, cfg.max_samples), ledger)
+        samples = scan_records(shard(iter_records(cfg.sft_data, cfg.max_samples), cfg.rank, cfg.world_size), ledger)
         total = samples * cfg.num_rejects
         with ledger.db.atomic():
             ledger.set_meta({"samples_total": str(samples), "num_rejects": str(cfg.num_rejects)})
-        counts = ledger.status_counts(max_sample=samples)
+        counts = ledger.status_counts(max_sample=cfg.max_samples or None)
         done_before = sum(n for status, n in counts.items() if status not in RETRIED_STATUSES)
-        summary = Summary(total, done_before, 0, counts, Path(cfg.output), cfg.ledger_path)
+        summary = Summary(total, done_before, 0, counts, cfg.output_path, cfg.ledger_path)
         if done_before >= total:
             return summary
         run_id = ledger.start_run(cfg.settings(), argv)
@@ -150,7 +151,7 @@ def _generate_locked(cfg, ledger: Ledger, argv: list[str], show_progress: bool, 
             ledger.end_run(run_id, "failed", reason=type(exc).__name__, error=str(exc))
             raise
         ledger.end_run(run_id, "finished")
-        summary.counts = ledger.status_counts(max_sample=samples)
+        summary.counts = ledger.status_counts(max_sample=cfg.max_samples or None)
         return summary
     finally:
         journal.close()
@@ -170,16 +171,19 @@ def _run_batches(cfg, ledger, journal, run_id, total, done_before, show_progress
 
     kept: dict[int, set[str]] = {}
     done = 0
-    records = iter_records(cfg.sft_data, cfg.max_samples)
+    records = shard(iter_records(cfg.sft_data, cfg.max_samples), cfg.rank, cfg.world_size)
     units = pending_units(records, ledger, cfg.num_rejects, cfg.seed, kept)
+    planned = batches(units, cfg.batch_size, cfg.max_batch_tokens, cfg.lookahead, engine.prompt_length,
+                      cfg.max_new_tokens)
     with progress_bar(total, done_before, show_progress) as bar:
-        for batch in batches(units, cfg.batch_size):
+        for batch in planned:
             fault_point("before_generate")
             answers = generate_with_backoff(engine, batch, on_backoff)
             journal.commit(run_id, judge_batch(batch, answers, kept, cfg.dedup_rejects))
             done += len(batch)
             bar.update(len(batch))
-            for sample in [s for s in kept if s < batch[-1].sample_index]:
-                del kept[sample]  # finished samples: keeps memory bounded
+            first = window_start(batch[0].sample_index, cfg.lookahead)
+            for sample in [s for s in kept if s < first]:
+                del kept[sample]  # samples of finished windows: keeps memory bounded
             stop.check()
     return done

@@ -1,0 +1,96 @@
+"""Batches bounded in rows and tokens, length grouping, and runs split over processes."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, generate_args, read_jsonl, run_cli
+from prefgen.batching import batches
+from prefgen.plan import plan_units
+from prefgen.records import Record
+from test_survival import run
+
+
+def units_of(lengths, rejects=2):
+    records = [Record(i, {"instruction": "x" * n, "output": "SELECT 1"}, f"h{i}") for i, n in enumerate(lengths)]
+    return list(plan_units(records, rejects, seed=0))
+
+
+def length(unit):
+    return len(unit.record.instruction)
+
+
+def test_rows_bound_without_grouping_keeps_order():
+    units = units_of([5, 50, 7])
+    got = list(batches(units, batch_size=4))
+    assert [len(b) for b in got] == [4, 2]
+    assert [u.key for b in got for u in b] == [u.key for u in units]
+
+
+def test_grouping_sorts_by_prompt_length_within_aligned_windows():
+    units = units_of([50, 5, 30, 7, 100, 1], rejects=1)
+    got = list(batches(units, batch_size=2, lookahead=4, prompt_length=length))
+    assert [[u.sample_index for u in b] for b in got] == [[1, 3], [2, 0], [5, 4]]
+    # a resumed run that has done the first batch orders the rest the same way
+    rest = [u for u in units if u.sample_index not in (1, 3)]
+    again = list(batches(rest, batch_size=2, lookahead=4, prompt_length=length))
+    assert [[u.sample_index for u in b] for b in again] == [[2, 0], [5, 4]]
+
+
+def test_token_bound_counts_rows_times_the_longest_row():
+    units = units_of([10, 10, 100, 10], rejects=1)
+    got = list(batches(units, batch_size=8, max_batch_tokens=60, prompt_length=length, max_new_tokens=10))
+    # 2 rows x 20 = 40 fits, 3 x 20 = 60 fits, then the 110-token row alone exceeds it
+    assert [[u.sample_index for u in b] for b in got] == [[0, 1], [2], [3]]
+    assert all(len(b) == 1 for b in batches(units, 8, max_batch_tokens=1, prompt_length=length))
+
+
+def test_token_bounded_grouped_run_writes_the_same_text(workdir, tiny_model, sample_data):
+    plain, bounded = workdir / "plain.jsonl", workdir / "bounded.jsonl"
+    run_cli(generate_args(tiny_model, sample_data, plain, max_samples=6, lookahead=1))
+    result = run_cli(generate_args(tiny_model, sample_data, bounded, max_samples=6, batch_size=8,
+                                   max_batch_tokens=3500, lookahead=4))
+    assert "Generated 12 units; 12/12 done" in result.output
+    assert sorted(plain.read_bytes().splitlines()) == sorted(bounded.read_bytes().splitlines())
+    # lookahead 1: sample order
+    assert [(l["sample_index"], l["reject_index"]) for l in read_jsonl(plain)] == [(s, r) for s in range(6) for r in range(2)]
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
+def test_torchrun_two_ranks_then_merge_equals_a_single_process_run(workdir, tiny_model, sample_data):
+    single, split = workdir / "single.jsonl", workdir / "split.jsonl"
+    flags = dict(num_rejects=2, max_samples=7, dedup_rejects=True)
+    run_cli(generate_args(tiny_model, sample_data, single, **flags))
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    done = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "prefgen",
+                           *generate_args(tiny_model, sample_data, split, **flags)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(read_jsonl(workdir / "split.rank0-of-2.jsonl")) == 8  # samples 0, 2, 4, 6
+    assert len(read_jsonl(workdir / "split.rank1-of-2.jsonl")) == 6  # samples 1, 3, 5
+    result = run_cli(["merge", "--output", str(split), "--world-size", "2"])
+    assert "Merged 2 parts" in result.output and "14 lines" in result.output
+    merged = split.read_bytes().splitlines()
+    assert sorted(merged) == sorted(single.read_bytes().splitlines())
+    keys = [(l["sample_index"], l["reject_index"]) for l in read_jsonl(split)]
+    assert keys == sorted(keys)
+
+
+def test_a_dead_rank_is_resumed_alone_and_merge_refuses_incomplete_or_missing_parts(workdir, tiny_model, sample_data):
+    out = workdir / "pairs.jsonl"
+    flags = dict(num_rejects=2, max_samples=7, world_size=2, batch_size=2)
+    result = run_cli(["merge", "--output", str(out), "--world-size", "2"], expect=1)
+    assert "part 0 of 2 is missing" in result.output
+    run_cli(generate_args(tiny_model, sample_data, out, rank=0, **flags))
+    code, _ = run(generate_args(tiny_model, sample_data, out, rank=1, **flags), fault="after_commit:kill@1")
+    assert code == -9
+    result = run_cli(["merge", "--output", str(out), "--world-size", "2"], expect=1)
+    assert "part 1 of 2 is incomplete: 2 of 6 units done" in result.output
+    assert not out.exists()
+    result = run_cli(generate_args(tiny_model, sample_data, out, rank=1, **flags))
+    assert "Generated 4 units; 6/6 done" in result.output
+    assert "14 lines" in run_cli(["merge", "--output", str(out), "--world-size", "2"]).output
+    assert "already exists" in run_cli(["merge", "--output", str(out), "--world-size", "2"], expect=1).output
