@@ -30,7 +30,7 @@ GEN_MODEL := $(MODEL)
 GEN_DEPS :=
 endif
 
-.PHONY: generate test status venv clean
+.PHONY: generate test status bench venv clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,11 @@ generate: $(STAMP) $(GEN_DEPS)
 
 status: $(STAMP)
 	$(BIN)/prefgen ledger status $(if $(LEDGER),'$(LEDGER)','$(OUT).ledger.sqlite')
+
+# Benchmark: prefgen vs the old one-generate-per-reject script vs bare batched generate.
+# BENCH_ARGS, e.g. "--model /models/x --device cuda --batch-size 64", are passed through.
+bench: $(STAMP)
+	$(BIN)/python -m prefgen.bench $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -7,6 +7,7 @@ functions that need them, so importing prefgen (and every other CLI command) sta
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ def pick_device(requested: str) -> str:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         log.warning("--device %s asked for, but CUDA is not available: running on CPU", requested)
         return "cpu"
+    if requested == "cuda" and "LOCAL_RANK" in os.environ:
+        return f"cuda:{os.environ['LOCAL_RANK']}"  # torchrun: one GPU per process
     return requested
 
 
@@ -89,6 +92,47 @@ def attach_adapter(model, adapter_path: str):
     return peft_model.merge_and_unload(), True
 
 
+def reserved_layer(extra: int):
+    """A KV-cache layer that reserves room for `extra` more tokens.
+
+    transformers' DynamicLayer concatenates on every decode step, copying the whole cache each
+    time; this one writes each step's keys and values in place into a buffer sized once.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    class ReservedLayer(DynamicLayer):
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            length, added = self.get_seq_length(), key_states.shape[-2]
+            buffer = getattr(self, "_keys_buffer", None)
+            if buffer is None or length + added > buffer.shape[-2]:
+                self._allocate(key_states, length, length + added + extra)
+            self._keys_buffer[:, :, length:length + added] = key_states
+            self._values_buffer[:, :, length:length + added] = value_states
+            self.keys = self._keys_buffer[:, :, :length + added]
+            self.values = self._values_buffer[:, :, :length + added]
+            return self.keys, self.values
+
+        def _allocate(self, like, length: int, capacity: int) -> None:
+            shape = (like.shape[0], like.shape[1], capacity, like.shape[3])
+            keys, values = like.new_empty(shape), like.new_empty(shape)
+            if length:
+                keys[:, :, :length] = self.keys
+                values[:, :, :length] = self.values
+            self._keys_buffer, self._values_buffer = keys, values
+
+        def batch_select_indices(self, indices) -> None:
+            length = self.get_seq_length()
+            if length > 0:
+                self._keys_buffer = self._keys_buffer[indices]
+                self._values_buffer = self._values_buffer[indices]
+                self.keys = self._keys_buffer[:, :, :length]
+                self.values = self._values_buffer[:, :, :length]
+
+    return ReservedLayer()
+
+
 class Engine:
     """A loaded model that turns work units into answers, each sampled with its own seed."""
 
@@ -102,6 +146,7 @@ class Engine:
         self.eos_ids = self._eos_ids()
         self.pad_id = tokenizer.pad_token_id
         self._prompt_cache: dict[tuple[int, str], list[int]] = {}
+        self.drop_finished = True  # False keeps finished rows computing: for the benchmark's comparison
 
     def _eos_ids(self) -> list[int]:
         ids = self.model.generation_config.eos_token_id
@@ -165,6 +210,7 @@ class Engine:
         ids, mask = self._pad([self.prompt_ids(first[s]) for s in samples])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
+        cache.layers = [reserved_layer(self.cfg.max_new_tokens) for _ in cache.layers]
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
         # Expand the prefilled prompts to one row per unit.
@@ -175,17 +221,20 @@ class Engine:
         active = torch.arange(len(units), device=ids.device)  # original row of each live row
         eos = torch.tensor(self.eos_ids, device=ids.device)
         generated: list[list[int]] = [[] for _ in units]
+        finished = torch.zeros(len(units), dtype=torch.bool, device=ids.device)
         for step in range(self.cfg.max_new_tokens):
             chosen = choose_tokens(logits, seeds, step, self.cfg.temperature, self.cfg.top_p)
             for row, token in zip(active.tolist(), chosen.tolist()):
                 generated[row].append(token)
-            live = ~torch.isin(chosen, eos)
-            if step == self.cfg.max_new_tokens - 1 or not bool(live.any()):
+            finished = finished | torch.isin(chosen, eos)
+            if step == self.cfg.max_new_tokens - 1 or bool(finished.all()):
                 break
+            live = ~finished if self.drop_finished else torch.ones_like(finished)
             if not bool(live.all()):
                 keep = live.nonzero().squeeze(1)
                 cache.batch_select_indices(keep)
                 active, chosen, seeds, mask, position = active[keep], chosen[keep], seeds[keep], mask[keep], position[keep]
+                finished = finished[keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             position = position + 1
             out = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position[:, None],

@@ -113,8 +113,11 @@ def progress_bar(total: int, initial: int, enabled: bool) -> Iterator:
         yield bar
 
 
-def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True) -> Summary:
-    """Run (or resume) generation as `cfg` asks. Library errors are PrefgenError subclasses."""
+def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True, engine=None) -> Summary:
+    """Run (or resume) generation as `cfg` asks. Library errors are PrefgenError subclasses.
+
+    `engine` is an already loaded Engine to use instead of loading the model (benchmarks).
+    """
     output, ledger_path = cfg.output_path, cfg.ledger_path
     check_writable(output, "--output")
     check_writable(ledger_path, "--ledger")
@@ -122,68 +125,86 @@ def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True) -
         ledger = Ledger(ledger_path)
         try:
             fault_point("after_ledger_open")
-            return _generate_locked(cfg, ledger, argv, show_progress, stop)
+            return GenerateRun(cfg, ledger, stop, show_progress).execute(argv, engine)
         finally:
             ledger.close()
 
 
-def _generate_locked(cfg, ledger: Ledger, argv: list[str], show_progress: bool, stop: StopSignals) -> Summary:
-    ledger.check_fingerprint(cfg.fingerprint())
-    journal = OutputJournal(ledger, cfg.output_path)
-    journal.open()
-    try:
-        samples = scan_records(shard(iter_records(cfg.sft_data, cfg.max_samples), cfg.rank, cfg.world_size), ledger)
-        total = samples * cfg.num_rejects
-        with ledger.db.atomic():
-            ledger.set_meta({"samples_total": str(samples), "num_rejects": str(cfg.num_rejects)})
-        counts = ledger.status_counts(max_sample=cfg.max_samples or None)
-        done_before = sum(n for status, n in counts.items() if status not in RETRIED_STATUSES)
-        summary = Summary(total, done_before, 0, counts, cfg.output_path, cfg.ledger_path)
-        if done_before >= total:
-            return summary
-        run_id = ledger.start_run(cfg.settings(), argv)
+class GenerateRun:
+    """One process's run over its ledger: reconcile, plan, then generate batch after batch."""
+
+    def __init__(self, cfg: GenerateConfig, ledger: Ledger, stop: StopSignals, show_progress: bool):
+        self.cfg, self.ledger, self.stop, self.show_progress = cfg, ledger, stop, show_progress
+        self.journal = OutputJournal(ledger, cfg.output_path)
+        self.run_id = 0
+
+    def records(self):
+        cfg = self.cfg
+        return shard(iter_records(cfg.sft_data, cfg.max_samples), cfg.rank, cfg.world_size)
+
+    def counts(self) -> dict[str, int]:
+        return self.ledger.status_counts(max_sample=self.cfg.max_samples or None)
+
+    def execute(self, argv: list[str], engine=None) -> Summary:
+        cfg, ledger = self.cfg, self.ledger
+        ledger.check_fingerprint(cfg.fingerprint())
+        self.journal.open()
         try:
-            summary.done_now = _run_batches(cfg, ledger, journal, run_id, total, done_before, show_progress, stop)
-        except Interrupted as exc:
-            ledger.end_run(run_id, "interrupted", reason=str(exc))
-            raise
-        except BaseException as exc:
-            ledger.end_run(run_id, "failed", reason=type(exc).__name__, error=str(exc))
-            raise
-        ledger.end_run(run_id, "finished")
-        summary.counts = ledger.status_counts(max_sample=cfg.max_samples or None)
-        return summary
-    finally:
-        journal.close()
+            samples = scan_records(self.records(), ledger)
+            with ledger.db.atomic():
+                ledger.set_meta({"samples_total": str(samples), "num_rejects": str(cfg.num_rejects)})
+            counts = self.counts()
+            done_before = sum(n for status, n in counts.items() if status not in RETRIED_STATUSES)
+            summary = Summary(samples * cfg.num_rejects, done_before, 0, counts, cfg.output_path, cfg.ledger_path)
+            if done_before >= summary.total_units:
+                return summary
+            self.run_id = ledger.start_run(cfg.settings(), argv)
+            try:
+                summary.done_now = self.run_batches(summary, engine)
+            except Interrupted as exc:
+                ledger.end_run(self.run_id, "interrupted", reason=str(exc))
+                raise
+            except BaseException as exc:
+                ledger.end_run(self.run_id, "failed", reason=type(exc).__name__, error=str(exc))
+                raise
+            ledger.end_run(self.run_id, "finished")
+            summary.counts = self.counts()
+            return summary
+        finally:
+            self.journal.close()
 
+    def load(self, engine=None):
+        if engine is None:
+            from prefgen.engine import load_engine
 
-def _run_batches(cfg, ledger, journal, run_id, total, done_before, show_progress, stop) -> int:
-    from prefgen.engine import load_engine
+            engine = load_engine(self.cfg)
+        self.ledger.record_event(self.run_id, "model_loaded",
+                                 {"device": engine.device, "adapter_merged": engine.adapter_merged})
+        fault_point("after_model_load")
+        self.stop.check()
+        return engine
 
-    engine = load_engine(cfg)
-    ledger.record_event(run_id, "model_loaded", {"device": engine.device, "adapter_merged": engine.adapter_merged})
-    fault_point("after_model_load")
-    stop.check()
-
-    def on_backoff(rows: int, half: int) -> None:
+    def on_backoff(self, rows: int, half: int) -> None:
         log.warning("out of memory with %d rows: retrying as batches of %d", rows, half)
-        ledger.record_event(run_id, "oom_backoff", {"rows": rows, "retry_rows": half})
+        self.ledger.record_event(self.run_id, "oom_backoff", {"rows": rows, "retry_rows": half})
 
-    kept: dict[int, set[str]] = {}
-    done = 0
-    records = shard(iter_records(cfg.sft_data, cfg.max_samples), cfg.rank, cfg.world_size)
-    units = pending_units(records, ledger, cfg.num_rejects, cfg.seed, kept)
-    planned = batches(units, cfg.batch_size, cfg.max_batch_tokens, cfg.lookahead, engine.prompt_length,
-                      cfg.max_new_tokens)
-    with progress_bar(total, done_before, show_progress) as bar:
-        for batch in planned:
-            fault_point("before_generate")
-            answers = generate_with_backoff(engine, batch, on_backoff)
-            journal.commit(run_id, judge_batch(batch, answers, kept, cfg.dedup_rejects))
-            done += len(batch)
-            bar.update(len(batch))
-            first = window_start(batch[0].sample_index, cfg.lookahead)
-            for sample in [s for s in kept if s < first]:
-                del kept[sample]  # samples of finished windows: keeps memory bounded
-            stop.check()
-    return done
+    def run_batches(self, summary: Summary, engine=None) -> int:
+        cfg = self.cfg
+        engine = self.load(engine)
+        kept: dict[int, set[str]] = {}  # sample -> SQL already written, for --dedup-rejects
+        units = pending_units(self.records(), self.ledger, cfg.num_rejects, cfg.seed, kept)
+        planned = batches(units, cfg.batch_size, cfg.max_batch_tokens, cfg.lookahead, engine.prompt_length,
+                          cfg.max_new_tokens)
+        done = 0
+        with progress_bar(summary.total_units, summary.done_before, self.show_progress) as bar:
+            for batch in planned:
+                fault_point("before_generate")
+                answers = generate_with_backoff(engine, batch, self.on_backoff)
+                self.journal.commit(self.run_id, judge_batch(batch, answers, kept, cfg.dedup_rejects))
+                done += len(batch)
+                bar.update(len(batch))
+                first = window_start(batch[0].sample_index, cfg.lookahead)
+                for sample in [s for s in kept if s < first]:
+                    del kept[sample]  # samples of finished windows: keeps memory bounded
+                self.stop.check()
+        return done

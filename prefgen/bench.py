@@ -1,0 +1,258 @@
+"""`make bench`: measure prefgen against the ways users generate without it.
+
+The same work units are generated three ways in one process, so the ratios hold on a noisy
+machine: (a) `prefgen generate` end to end (ledger, JSONL, judging, with the model already
+loaded); (b) the old script: one `model.generate` call per reject, seeded through the global
+RNG; (c) bare batched `model.generate` on the same batches, with nothing written. Then:
+prompts of mixed lengths (length grouping on and off), skewed output lengths (finished-row
+dropping on and off), and start-up on a 1,000,000-record input against a 100-record one.
+
+This is a measurement script, not a test: it prints figures and ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from prefgen.config import GenerateConfig
+from prefgen.plan import plan_units
+from prefgen.records import iter_records
+
+SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "spider_en" / "department_store_alpaca.json"
+WORDS = "select name from table where order by group count join on and or customer product store id".split()
+
+
+def write_json(path: Path, records: list[dict]) -> Path:
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def sample_records(count: int) -> list[dict]:
+    """`count` records cycled from the shipped Spider sample."""
+    base = json.loads(SAMPLE.read_text(encoding="utf-8"))
+    return [base[i % len(base)] for i in range(count)]
+
+
+def mixed_records(count: int, rng: random.Random) -> list[dict]:
+    """Records whose prompts run from about 10 to about 1,000 tokens."""
+    return [
+        {"instruction": " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 900))), "input": "",
+         "output": "SELECT 1"}
+        for _ in range(count)
+    ]
+
+
+def timed_prefgen(cfg: GenerateConfig, engine) -> tuple[float, int, int]:
+    """(seconds, units, new tokens) of an end-to-end prefgen run with a loaded engine."""
+    from prefgen.ledger import Ledger
+    from prefgen.run import generate
+
+    started = time.perf_counter()
+    summary = generate(cfg, ["bench"], show_progress=False, engine=engine)
+    seconds = time.perf_counter() - started
+    ledger = Ledger(cfg.ledger_path, readonly=True)
+    tokens = ledger.totals()["new_tokens"]
+    ledger.close()
+    return seconds, summary.done_now, tokens
+
+
+def hf_generate(engine, rows: list[list[int]], cfg: GenerateConfig):
+    """Plain transformers sampling on left-padded rows; returns the new tokens per row."""
+    import torch
+    from transformers import GenerationConfig
+
+    ids, mask = engine._pad(rows)
+    config = GenerationConfig(
+        max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0, temperature=cfg.temperature or None,
+        top_p=cfg.top_p, top_k=None, eos_token_id=engine.eos_ids, pad_token_id=engine.pad_id,
+    )
+    with torch.inference_mode():
+        out = engine.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    return out[:, ids.shape[1]:]
+
+
+def new_token_count(engine, generated) -> int:
+    count = 0
+    for row in generated.tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in engine.eos_ids), len(row))
+        count += cut
+    return count
+
+
+def timed_old_script(engine, cfg: GenerateConfig) -> tuple[float, int, int]:
+    """(b): one generate call per reject, the global RNG seeded with the unit's seed."""
+    import torch
+
+    units = list(plan_units(iter_records(cfg.sft_data, cfg.max_samples), cfg.num_rejects, cfg.seed))
+    started, tokens = time.perf_counter(), 0
+    for unit in units:
+        torch.manual_seed(unit.seed)
+        tokens += new_token_count(engine, hf_generate(engine, [engine.prompt_ids(unit)], cfg))
+    return time.perf_counter() - started, len(units), tokens
+
+
+def timed_bare_batches(engine, cfg: GenerateConfig) -> tuple[float, int, int]:
+    """(c): batched generate on prefgen's batches, nothing recorded or written."""
+    from prefgen.batching import batches
+
+    units = plan_units(iter_records(cfg.sft_data, cfg.max_samples), cfg.num_rejects, cfg.seed)
+    planned = list(batches(units, cfg.batch_size, cfg.max_batch_tokens, cfg.lookahead, engine.prompt_length,
+                           cfg.max_new_tokens))
+    started, tokens, count = time.perf_counter(), 0, 0
+    for batch in planned:
+        tokens += new_token_count(engine, hf_generate(engine, [engine.prompt_ids(u) for u in batch], cfg))
+        count += len(batch)
+    return time.perf_counter() - started, count, tokens
+
+
+def row(name: str, seconds: float, units: int, tokens: int) -> dict:
+    return {"name": name, "seconds": seconds, "units": units, "tokens": tokens,
+            "units_per_s": units / seconds, "tokens_per_s": tokens / seconds}
+
+
+def print_table(title: str, rows: list[dict], ratios: list[tuple[str, float, str]]) -> None:
+    click.echo(f"\n{title}")
+    click.echo(f"  {'way':<44} {'s':>7} {'units/s':>9} {'tok/s':>9}")
+    for r in rows:
+        click.echo(f"  {r['name']:<44} {r['seconds']:>7.2f} {r['units_per_s']:>9.2f} {r['tokens_per_s']:>9.1f}")
+    for name, value, target in ratios:
+        click.echo(f"  {name:<44} {value:>7.2f}x  {target}")
+
+
+def main_comparison(engine, cfg: GenerateConfig, work: Path) -> dict:
+    a = row("(a) prefgen generate, end to end", *timed_prefgen(replace(cfg, output=str(work / "a.jsonl")), engine))
+    b = row("(b) old script: generate per reject", *timed_old_script(engine, cfg))
+    c = row("(c) bare batched model.generate", *timed_bare_batches(engine, cfg))
+    ratios = [("(a)/(b) units/s", a["units_per_s"] / b["units_per_s"], "target >= 8"),
+              ("(a)/(c) units/s", a["units_per_s"] / c["units_per_s"], "target >= 0.9")]
+    print_table("Main: same units three ways", [a, b, c], ratios)
+    return {"rows": [a, b, c], "ratios": {n: v for n, v, _ in ratios}}
+
+
+def grouping_comparison(engine, cfg: GenerateConfig, work: Path) -> dict:
+    data = write_json(work / "mixed.json", mixed_records(cfg.max_samples, random.Random(0)))
+    base = replace(cfg, sft_data=str(data))
+    on = row("prefgen, length grouping (lookahead 32)",
+             *timed_prefgen(replace(base, output=str(work / "g1.jsonl"), lookahead=32), engine))
+    off = row("prefgen, no grouping (lookahead 1)",
+              *timed_prefgen(replace(base, output=str(work / "g0.jsonl"), lookahead=1), engine))
+    ratio = on["units_per_s"] / off["units_per_s"]
+    print_table("Mixed prompt lengths (10 to 1,000 tokens)", [on, off], [("grouping on / off", ratio, "")])
+    return {"rows": [on, off], "ratio": ratio}
+
+
+def eos_prone_engine(engine, strength: float):
+    """The same engine with the EOS row of lm_head scaled up, so output lengths are skewed."""
+    import copy
+
+    import torch
+
+    skewed = copy.copy(engine)
+    skewed.model = copy.deepcopy(engine.model)
+    with torch.no_grad():
+        weight = skewed.model.get_output_embeddings().weight
+        generator = torch.Generator().manual_seed(0)
+        direction = torch.randn(weight.shape[1], generator=generator)
+        weight[engine.eos_ids[0]] = strength * direction / direction.norm() * weight.shape[1] ** 0.5 / 8
+    return skewed
+
+
+def dropping_comparison(engine, cfg: GenerateConfig, work: Path) -> dict:
+    skewed = eos_prone_engine(engine, strength=3.0)
+    skewed.drop_finished = True
+    on = row("prefgen, finished rows dropped", *timed_prefgen(replace(cfg, output=str(work / "d1.jsonl")), skewed))
+    skewed.drop_finished = False
+    off = row("prefgen, finished rows kept computing",
+              *timed_prefgen(replace(cfg, output=str(work / "d0.jsonl")), skewed))
+    mean = on["tokens"] / on["units"]
+    print_table(f"Skewed output lengths (mean {mean:.1f} of {cfg.max_new_tokens} new tokens)", [on, off],
+                [("dropping on / off", on["units_per_s"] / off["units_per_s"], "")])
+    return {"rows": [on, off], "ratio": on["units_per_s"] / off["units_per_s"], "mean_new_tokens": mean}
+
+
+def measure_start(model: str, data: Path, out: Path, device: str) -> tuple[float, int]:
+    """(seconds, peak RSS in KiB) of a fresh `prefgen generate --max-samples 100` process."""
+    args = ["generate", "--base-model", model, "--sft-data", str(data), "--output", str(out), "--max-samples",
+            "100", "--max-new-tokens", "1", "--batch-size", "50", "--device", device, "--no-progress"]
+    probe = (
+        "import resource, runpy, sys, time\n"
+        f"sys.argv = ['prefgen'] + {args!r}\n"
+        "t = time.perf_counter()\n"
+        "try:\n    runpy.run_module('prefgen', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    seconds, rss = done.stdout.split()[-2:]
+    return float(seconds), int(rss)
+
+
+def startup_comparison(model: str, device: str, work: Path) -> dict:
+    small = write_json(work / "small.json", sample_records(100))
+    big = work / "big.json"
+    record = json.dumps({"instruction": "Show the names of all stores.", "input": "", "output": "SELECT name FROM store",
+                         "db_id": "department_store"})
+    with open(big, "w", encoding="utf-8") as handle:
+        handle.write("[" + ",".join([json.dumps(r) for r in sample_records(100)]))
+        for _ in range(1_000_000 - 100):
+            handle.write("," + record)
+        handle.write("]")
+    small_s, small_rss = measure_start(model, small, work / "s.jsonl", device)
+    big_s, big_rss = measure_start(model, big, work / "b.jsonl", device)
+    click.echo(f"\nStart-up: 1,000,000-record input ({big.stat().st_size / 1e6:.0f} MB) vs 100 records, --max-samples 100")
+    click.echo(f"  100 records:       {small_s:6.2f} s, peak RSS {small_rss / 1024:7.1f} MiB")
+    click.echo(f"  1,000,000 records: {big_s:6.2f} s, peak RSS {big_rss / 1024:7.1f} MiB")
+    click.echo(f"  ratio time {big_s / small_s:.2f}x, memory {big_rss / small_rss:.2f}x  target <= 1.2")
+    return {"time_ratio": big_s / small_s, "memory_ratio": big_rss / small_rss, "small_s": small_s, "big_s": big_s,
+            "small_rss_kib": small_rss, "big_rss_kib": big_rss}
+
+
+@click.command()
+@click.option("--model", default="", help="Model directory [default: build the tiny model].")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--samples", type=int, default=64, show_default=True)
+@click.option("--rejects", type=int, default=4, show_default=True)
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--skip-startup", is_flag=True, help="Skip the 1,000,000-record start-up measurement.")
+@click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
+def main(model, device, samples, rejects, max_new_tokens, batch_size, skip_startup, json_out):
+    """Benchmark prefgen (a) against the old script (b) and bare batched generate (c)."""
+    import platform
+
+    import torch
+
+    from prefgen.engine import load_engine
+    from prefgen.tiny import build_tiny_model
+
+    with tempfile.TemporaryDirectory(prefix="prefgen-bench-") as tmp:
+        work = Path(tmp)
+        model = model or str(build_tiny_model(work / "tiny"))
+        data = write_json(work / "data.json", sample_records(samples))
+        cfg = GenerateConfig(base_model=model, sft_data=str(data), output=str(work / "unused.jsonl"),
+                             num_rejects=rejects, max_new_tokens=max_new_tokens, temperature=0.7, top_p=0.9,
+                             max_samples=samples, batch_size=batch_size, device=device, seed=1234)
+        engine = load_engine(cfg)
+        click.echo(f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                   f"torch {torch.__version__}, device {engine.device}")
+        click.echo(f"Work: {samples} samples x {rejects} rejects, {max_new_tokens} new tokens, batch {batch_size}")
+        results = {"main": main_comparison(engine, cfg, work),
+                   "grouping": grouping_comparison(engine, cfg, work),
+                   "dropping": dropping_comparison(engine, cfg, work)}
+        if not skip_startup:
+            results["startup"] = startup_comparison(model, device, work)
+    if json_out:
+        Path(json_out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
