@@ -23,13 +23,16 @@ def window_start(sample_index: int, lookahead: int) -> int:
 
 def batches(
     units: Iterable[WorkUnit],
-    batch_size: int,
+    batch_size: int | Callable[[], int],
     max_batch_tokens: int = 0,
     lookahead: int = 1,
     prompt_length: Callable[[WorkUnit], int] | None = None,
     max_new_tokens: int = 0,
 ) -> Iterator[list[WorkUnit]]:
-    """Batches of at most `batch_size` units (and `max_batch_tokens` tokens, when > 0)."""
+    """Batches of at most `batch_size` units (and `max_batch_tokens` tokens, when > 0).
+
+    `batch_size` may be a callable, read at the start of every batch (an adaptive limit).
+    """
     needs_lengths = lookahead > 1 or max_batch_tokens > 0
     if needs_lengths and prompt_length is None:
         raise ValueError("grouping or a token bound needs prompt_length")
@@ -44,13 +47,15 @@ def batches(
 def _cut(window, batch_size, max_batch_tokens, prompt_length, max_new_tokens) -> Iterator[list[WorkUnit]]:
     batch: list[WorkUnit] = []
     width = 0  # the longest row of the batch: every row is padded to it
+    limit = batch_size() if callable(batch_size) else batch_size
     for unit in window:
         row = prompt_length(unit) + max_new_tokens if max_batch_tokens else 0
         wider = max(width, row)
-        full = len(batch) == batch_size or (max_batch_tokens and wider * (len(batch) + 1) > max_batch_tokens)
+        full = len(batch) >= limit or (max_batch_tokens and wider * (len(batch) + 1) > max_batch_tokens)
         if batch and full:
             yield batch
             batch, wider = [], row
+            limit = batch_size() if callable(batch_size) else batch_size
         batch.append(unit)
         width = wider
     if batch:

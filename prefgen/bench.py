@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from prefgen.plan import plan_units
 from prefgen.records import iter_records
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "spider_en" / "department_store_alpaca.json"
+LAST_OVERHEAD = {"share": 0.0}  # of the last timed_prefgen: wall time spent outside generate calls
 WORDS = "select name from table where order by group count join on and or customer product store id".split()
 
 
@@ -46,8 +46,11 @@ def sample_records(count: int) -> list[dict]:
 def mixed_records(count: int, rng: random.Random) -> list[dict]:
     """Records whose prompts run from about 10 to about 1,000 tokens."""
     return [
-        {"instruction": " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 900))), "input": "",
-         "output": "SELECT 1"}
+        {
+            "instruction": " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 900))),
+            "input": "",
+            "output": "SELECT 1",
+        }
         for _ in range(count)
     ]
 
@@ -62,7 +65,9 @@ def timed_prefgen(cfg: GenerateConfig, engine) -> tuple[float, int, int]:
     seconds = time.perf_counter() - started
     ledger = Ledger(cfg.ledger_path, readonly=True)
     tokens = ledger.totals()["new_tokens"]
+    generating = ledger.generation_seconds()
     ledger.close()
+    LAST_OVERHEAD["share"] = 1 - generating / seconds
     return seconds, summary.done_now, tokens
 
 
@@ -73,12 +78,17 @@ def hf_generate(engine, rows: list[list[int]], cfg: GenerateConfig):
 
     ids, mask = engine._pad(rows)
     config = GenerationConfig(
-        max_new_tokens=cfg.max_new_tokens, do_sample=cfg.temperature > 0, temperature=cfg.temperature or None,
-        top_p=cfg.top_p, top_k=None, eos_token_id=engine.eos_ids, pad_token_id=engine.pad_id,
+        max_new_tokens=cfg.max_new_tokens,
+        do_sample=cfg.temperature > 0,
+        temperature=cfg.temperature or None,
+        top_p=cfg.top_p,
+        top_k=None,
+        eos_token_id=engine.eos_ids,
+        pad_token_id=engine.pad_id,
     )
     with torch.inference_mode():
         out = engine.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-    return out[:, ids.shape[1]:]
+    return out[:, ids.shape[1] :]
 
 
 def new_token_count(engine, generated) -> int:
@@ -106,8 +116,9 @@ def timed_bare_batches(engine, cfg: GenerateConfig) -> tuple[float, int, int]:
     from prefgen.batching import batches
 
     units = plan_units(iter_records(cfg.sft_data, cfg.max_samples), cfg.num_rejects, cfg.seed)
-    planned = list(batches(units, cfg.batch_size, cfg.max_batch_tokens, cfg.lookahead, engine.prompt_length,
-                           cfg.max_new_tokens))
+    planned = list(
+        batches(units, cfg.batch_size, cfg.max_batch_tokens, cfg.lookahead, engine.prompt_length, cfg.max_new_tokens)
+    )
     started, tokens, count = time.perf_counter(), 0, 0
     for batch in planned:
         tokens += new_token_count(engine, hf_generate(engine, [engine.prompt_ids(u) for u in batch], cfg))
@@ -116,8 +127,14 @@ def timed_bare_batches(engine, cfg: GenerateConfig) -> tuple[float, int, int]:
 
 
 def row(name: str, seconds: float, units: int, tokens: int) -> dict:
-    return {"name": name, "seconds": seconds, "units": units, "tokens": tokens,
-            "units_per_s": units / seconds, "tokens_per_s": tokens / seconds}
+    return {
+        "name": name,
+        "seconds": seconds,
+        "units": units,
+        "tokens": tokens,
+        "units_per_s": units / seconds,
+        "tokens_per_s": tokens / seconds,
+    }
 
 
 def print_table(title: str, rows: list[dict], ratios: list[tuple[str, float, str]]) -> None:
@@ -131,21 +148,31 @@ def print_table(title: str, rows: list[dict], ratios: list[tuple[str, float, str
 
 def main_comparison(engine, cfg: GenerateConfig, work: Path) -> dict:
     a = row("(a) prefgen generate, end to end", *timed_prefgen(replace(cfg, output=str(work / "a.jsonl")), engine))
+    overhead = LAST_OVERHEAD["share"]
     b = row("(b) old script: generate per reject", *timed_old_script(engine, cfg))
     c = row("(c) bare batched model.generate", *timed_bare_batches(engine, cfg))
-    ratios = [("(a)/(b) units/s", a["units_per_s"] / b["units_per_s"], "target >= 8"),
-              ("(a)/(c) units/s", a["units_per_s"] / c["units_per_s"], "target >= 0.9")]
+    ratios = [
+        ("(a)/(b) units/s", a["units_per_s"] / b["units_per_s"], "target >= 8"),
+        ("(a)/(c) units/s", a["units_per_s"] / c["units_per_s"], "target >= 0.9"),
+    ]
     print_table("Main: same units three ways", [a, b, c], ratios)
-    return {"rows": [a, b, c], "ratios": {n: v for n, v, _ in ratios}}
+    click.echo(
+        f"  (a) wall time outside generation (planning, judging, JSONL, ledger): {100 * overhead:.1f}%  target < 10%"
+    )
+    return {"rows": [a, b, c], "ratios": {n: v for n, v, _ in ratios}, "overhead_share": overhead}
 
 
 def grouping_comparison(engine, cfg: GenerateConfig, work: Path) -> dict:
     data = write_json(work / "mixed.json", mixed_records(cfg.max_samples, random.Random(0)))
     base = replace(cfg, sft_data=str(data))
-    on = row("prefgen, length grouping (lookahead 32)",
-             *timed_prefgen(replace(base, output=str(work / "g1.jsonl"), lookahead=32), engine))
-    off = row("prefgen, no grouping (lookahead 1)",
-              *timed_prefgen(replace(base, output=str(work / "g0.jsonl"), lookahead=1), engine))
+    on = row(
+        "prefgen, length grouping (lookahead 32)",
+        *timed_prefgen(replace(base, output=str(work / "g1.jsonl"), lookahead=32), engine),
+    )
+    off = row(
+        "prefgen, no grouping (lookahead 1)",
+        *timed_prefgen(replace(base, output=str(work / "g0.jsonl"), lookahead=1), engine),
+    )
     ratio = on["units_per_s"] / off["units_per_s"]
     print_table("Mixed prompt lengths (10 to 1,000 tokens)", [on, off], [("grouping on / off", ratio, "")])
     return {"rows": [on, off], "ratio": ratio}
@@ -172,18 +199,38 @@ def dropping_comparison(engine, cfg: GenerateConfig, work: Path) -> dict:
     skewed.drop_finished = True
     on = row("prefgen, finished rows dropped", *timed_prefgen(replace(cfg, output=str(work / "d1.jsonl")), skewed))
     skewed.drop_finished = False
-    off = row("prefgen, finished rows kept computing",
-              *timed_prefgen(replace(cfg, output=str(work / "d0.jsonl")), skewed))
+    off = row(
+        "prefgen, finished rows kept computing", *timed_prefgen(replace(cfg, output=str(work / "d0.jsonl")), skewed)
+    )
     mean = on["tokens"] / on["units"]
-    print_table(f"Skewed output lengths (mean {mean:.1f} of {cfg.max_new_tokens} new tokens)", [on, off],
-                [("dropping on / off", on["units_per_s"] / off["units_per_s"], "")])
+    print_table(
+        f"Skewed output lengths (mean {mean:.1f} of {cfg.max_new_tokens} new tokens)",
+        [on, off],
+        [("dropping on / off", on["units_per_s"] / off["units_per_s"], "")],
+    )
     return {"rows": [on, off], "ratio": on["units_per_s"] / off["units_per_s"], "mean_new_tokens": mean}
 
 
 def measure_start(model: str, data: Path, out: Path, device: str) -> tuple[float, int]:
     """(seconds, peak RSS in KiB) of a fresh `prefgen generate --max-samples 100` process."""
-    args = ["generate", "--base-model", model, "--sft-data", str(data), "--output", str(out), "--max-samples",
-            "100", "--max-new-tokens", "1", "--batch-size", "50", "--device", device, "--no-progress"]
+    args = [
+        "generate",
+        "--base-model",
+        model,
+        "--sft-data",
+        str(data),
+        "--output",
+        str(out),
+        "--max-samples",
+        "100",
+        "--max-new-tokens",
+        "1",
+        "--batch-size",
+        "50",
+        "--device",
+        device,
+        "--no-progress",
+    ]
     probe = (
         "import resource, runpy, sys, time\n"
         f"sys.argv = ['prefgen'] + {args!r}\n"
@@ -199,8 +246,14 @@ def measure_start(model: str, data: Path, out: Path, device: str) -> tuple[float
 def startup_comparison(model: str, device: str, work: Path) -> dict:
     small = write_json(work / "small.json", sample_records(100))
     big = work / "big.json"
-    record = json.dumps({"instruction": "Show the names of all stores.", "input": "", "output": "SELECT name FROM store",
-                         "db_id": "department_store"})
+    record = json.dumps(
+        {
+            "instruction": "Show the names of all stores.",
+            "input": "",
+            "output": "SELECT name FROM store",
+            "db_id": "department_store",
+        }
+    )
     with open(big, "w", encoding="utf-8") as handle:
         handle.write("[" + ",".join([json.dumps(r) for r in sample_records(100)]))
         for _ in range(1_000_000 - 100):
@@ -208,12 +261,20 @@ def startup_comparison(model: str, device: str, work: Path) -> dict:
         handle.write("]")
     small_s, small_rss = measure_start(model, small, work / "s.jsonl", device)
     big_s, big_rss = measure_start(model, big, work / "b.jsonl", device)
-    click.echo(f"\nStart-up: 1,000,000-record input ({big.stat().st_size / 1e6:.0f} MB) vs 100 records, --max-samples 100")
+    click.echo(
+        f"\nStart-up: 1,000,000-record input ({big.stat().st_size / 1e6:.0f} MB) vs 100 records, --max-samples 100"
+    )
     click.echo(f"  100 records:       {small_s:6.2f} s, peak RSS {small_rss / 1024:7.1f} MiB")
     click.echo(f"  1,000,000 records: {big_s:6.2f} s, peak RSS {big_rss / 1024:7.1f} MiB")
     click.echo(f"  ratio time {big_s / small_s:.2f}x, memory {big_rss / small_rss:.2f}x  target <= 1.2")
-    return {"time_ratio": big_s / small_s, "memory_ratio": big_rss / small_rss, "small_s": small_s, "big_s": big_s,
-            "small_rss_kib": small_rss, "big_rss_kib": big_rss}
+    return {
+        "time_ratio": big_s / small_s,
+        "memory_ratio": big_rss / small_rss,
+        "small_s": small_s,
+        "big_s": big_s,
+        "small_rss_kib": small_rss,
+        "big_rss_kib": big_rss,
+    }
 
 
 @click.command()
@@ -238,16 +299,30 @@ def main(model, device, samples, rejects, max_new_tokens, batch_size, skip_start
         work = Path(tmp)
         model = model or str(build_tiny_model(work / "tiny"))
         data = write_json(work / "data.json", sample_records(samples))
-        cfg = GenerateConfig(base_model=model, sft_data=str(data), output=str(work / "unused.jsonl"),
-                             num_rejects=rejects, max_new_tokens=max_new_tokens, temperature=0.7, top_p=0.9,
-                             max_samples=samples, batch_size=batch_size, device=device, seed=1234)
+        cfg = GenerateConfig(
+            base_model=model,
+            sft_data=str(data),
+            output=str(work / "unused.jsonl"),
+            num_rejects=rejects,
+            max_new_tokens=max_new_tokens,
+            temperature=0.7,
+            top_p=0.9,
+            max_samples=samples,
+            batch_size=batch_size,
+            device=device,
+            seed=1234,
+        )
         engine = load_engine(cfg)
-        click.echo(f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"torch {torch.__version__}, device {engine.device}")
+        click.echo(
+            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, device {engine.device}"
+        )
         click.echo(f"Work: {samples} samples x {rejects} rejects, {max_new_tokens} new tokens, batch {batch_size}")
-        results = {"main": main_comparison(engine, cfg, work),
-                   "grouping": grouping_comparison(engine, cfg, work),
-                   "dropping": dropping_comparison(engine, cfg, work)}
+        results = {
+            "main": main_comparison(engine, cfg, work),
+            "grouping": grouping_comparison(engine, cfg, work),
+            "dropping": dropping_comparison(engine, cfg, work),
+        }
         if not skip_startup:
             results["startup"] = startup_comparison(model, device, work)
     if json_out:

@@ -54,6 +54,20 @@ def cli():
     setup_logging()
 
 
+class BatchSize(click.ParamType):
+    """A positive integer or `auto`."""
+
+    name = "INTEGER|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
+
+
 def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Read a YAML run config into the command's defaults: flags on the command line win."""
     if not value:
@@ -69,8 +83,14 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 @cli.command()
-@click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
-              callback=load_config, help="YAML file of settings (keys are the flag names); flags override it.")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=load_config,
+    help="YAML file of settings (keys are the flag names); flags override it.",
+)
 @click.option("--base-model", required=True, help="Model directory (or hub id where online).")
 @click.option("--adapter-path", default="", help="PEFT LoRA adapter directory; empty for none.")
 @click.option("--sft-data", required=True, help="Alpaca records: a JSON array (.json) or JSON Lines (.jsonl).")
@@ -83,17 +103,45 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--temperature", type=float, default=0.7, show_default=True, help="0 means greedy decoding.")
 @click.option("--top-p", type=float, default=0.9, show_default=True)
 @click.option("--max-samples", type=int, default=0, show_default=True, help="Use the first N records (0 = all).")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Rows per generation call.")
-@click.option("--max-batch-tokens", type=int, default=0, show_default=True,
-              help="Bound on rows x (longest prompt + max-new-tokens) per batch (0 = none).")
-@click.option("--lookahead", type=int, default=32, show_default=True,
-              help="Samples per window in which units are grouped by prompt length (1 = none).")
+@click.option(
+    "--batch-size",
+    type=BatchSize(),
+    default="8",
+    show_default=True,
+    help="Rows per generation call, or 'auto' (the largest that fits, backing off on OOM).",
+)
+@click.option(
+    "--max-batch-tokens",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Bound on rows x (longest prompt + max-new-tokens) per batch (0 = none).",
+)
+@click.option(
+    "--lookahead",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Samples per window in which units are grouped by prompt length (1 = none).",
+)
 @click.option("--device", default="cuda", show_default=True, help="cuda, cuda:N or cpu.")
 @click.option("--system", default="", help="Optional system prompt.")
-@click.option("--rank", type=int, default=0, envvar="RANK", show_default=True,
-              help="This process's share: samples with index % world-size == rank (set by torchrun).")
-@click.option("--world-size", type=int, default=1, envvar="WORLD_SIZE", show_default=True,
-              help="Number of processes sharing the run (set by torchrun).")
+@click.option(
+    "--rank",
+    type=int,
+    default=0,
+    envvar="RANK",
+    show_default=True,
+    help="This process's share: samples with index % world-size == rank (set by torchrun).",
+)
+@click.option(
+    "--world-size",
+    type=int,
+    default=1,
+    envvar="WORLD_SIZE",
+    show_default=True,
+    help="Number of processes sharing the run (set by torchrun).",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @friendly_errors
 def generate(no_progress, **options):
@@ -114,12 +162,13 @@ def generate(no_progress, **options):
     if summary.done_now == 0:
         click.echo(f"Nothing to do: all {summary.total_units} units are already in the ledger ({counts}).")
     else:
-        click.echo(f"Generated {summary.done_now} units; {summary.done_before + summary.done_now}"
-                   f"/{summary.total_units} done ({counts}).")
+        click.echo(
+            f"Generated {summary.done_now} units; {summary.done_before + summary.done_now}"
+            f"/{summary.total_units} done ({counts})."
+        )
     click.echo(f"Output: {summary.output}\nLedger: {summary.ledger}")
     if not summary.finished:
-        click.echo("Some units could not be generated (oom/error): run the same command again to retry them.",
-                   err=True)
+        click.echo("Some units could not be generated (oom/error): run the same command again to retry them.", err=True)
         sys.exit(EXIT_INCOMPLETE)
 
 
@@ -244,8 +293,13 @@ def failures(path):
 
 @ledger.command()
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--status", "statuses", default="error,oom", show_default=True,
-              help="Comma-separated statuses to retry (error, oom).")
+@click.option(
+    "--status",
+    "statuses",
+    default="error,oom",
+    show_default=True,
+    help="Comma-separated statuses to retry (error, oom).",
+)
 @friendly_errors
 def retry(path, statuses):
     """Mark units to be generated again by the next `prefgen generate`.

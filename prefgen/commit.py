@@ -44,12 +44,20 @@ def unit_row(item: Judged) -> dict:
     """The ledger row of a judged unit (without its line position)."""
     answer = item.answer
     return {
-        "sample_index": item.unit.sample_index, "reject_index": item.unit.reject_index,
-        "seed": item.unit.seed, "status": item.status, "detail": item.detail,
-        "record_hash": item.unit.record.hash, "sql": item.sql,
-        "raw_answer": None if answer.oom else answer.text, "prompt_tokens": answer.prompt_tokens,
-        "new_tokens": answer.new_tokens, "gen_seconds": answer.seconds,
-        "line_offset": None, "line_length": None, "line": None,
+        "sample_index": item.unit.sample_index,
+        "reject_index": item.unit.reject_index,
+        "seed": item.unit.seed,
+        "status": item.status,
+        "detail": item.detail,
+        "record_hash": item.unit.record.hash,
+        "sql": item.sql,
+        "raw_answer": None if answer.oom else answer.text,
+        "prompt_tokens": answer.prompt_tokens,
+        "new_tokens": answer.new_tokens,
+        "gen_seconds": answer.seconds,
+        "line_offset": None,
+        "line_length": None,
+        "line": None,
     }
 
 
@@ -108,14 +116,20 @@ class OutputJournal:
         if self.ledger.meta("output_committed") is None:
             # prefgen appends: whatever the file held before this ledger existed is left alone.
             with self.ledger.db.atomic():
-                self.ledger.set_meta({
-                    "output_path": str(self.path.resolve()), "output_base": str(size),
-                    "output_committed": str(size), "output_sha256": hashlib.sha256().hexdigest(),
-                })
+                self.ledger.set_meta(
+                    {
+                        "output_path": str(self.path.resolve()),
+                        "output_base": str(size),
+                        "output_committed": str(size),
+                        "output_sha256": hashlib.sha256().hexdigest(),
+                    }
+                )
         self._check_path()
         self.committed, self.digest = check_committed(self.ledger, self.path)
         if size > self.committed:
-            log.warning("%s: discarding %d uncommitted bytes left by an interrupted run", self.path, size - self.committed)
+            log.warning(
+                "%s: discarding %d uncommitted bytes left by an interrupted run", self.path, size - self.committed
+            )
             os.truncate(self.path, self.committed)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
@@ -176,7 +190,7 @@ class OutputJournal:
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            view = view[os.write(self.fd, view):]
+            view = view[os.write(self.fd, view) :]
 
     def _rollback(self) -> None:
         """Drop uncommitted bytes so the file again ends at the committed length."""

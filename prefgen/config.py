@@ -64,7 +64,7 @@ class GenerateConfig:
     temperature: float = 0.7
     top_p: float = 0.9
     max_samples: int = 0
-    batch_size: int = 8
+    batch_size: int | str = 8  # or "auto": the largest that fits, found after loading the model
     max_batch_tokens: int = 0
     lookahead: int = 32
     device: str = "cuda"
@@ -74,8 +74,8 @@ class GenerateConfig:
 
     def __post_init__(self):
         check_num_rejects(self.num_rejects)
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, not {self.batch_size}")
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ConfigError(f"--batch-size must be 'auto' or at least 1, not {self.batch_size!r}")
         if self.max_new_tokens < 1:
             raise ConfigError(f"--max-new-tokens must be at least 1, not {self.max_new_tokens}")
         if self.temperature < 0:

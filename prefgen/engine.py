@@ -20,6 +20,8 @@ from prefgen.prompts import PromptBuilder
 
 log = logging.getLogger("prefgen")
 
+AUTO_BATCH_LIMIT_CPU = 64  # the best rows on CPU in docs/benchmarks.md; memory is no limit there
+AUTO_BATCH_LIMIT_CUDA = 1024
 PROMPT_CACHE_SIZE = 4096  # tokenized prompts kept; batches and look-ahead windows are far smaller
 
 
@@ -108,10 +110,10 @@ def reserved_layer(extra: int):
             buffer = getattr(self, "_keys_buffer", None)
             if buffer is None or length + added > buffer.shape[-2]:
                 self._allocate(key_states, length, length + added + extra)
-            self._keys_buffer[:, :, length:length + added] = key_states
-            self._values_buffer[:, :, length:length + added] = value_states
-            self.keys = self._keys_buffer[:, :, :length + added]
-            self.values = self._values_buffer[:, :, :length + added]
+            self._keys_buffer[:, :, length : length + added] = key_states
+            self._values_buffer[:, :, length : length + added] = value_states
+            self.keys = self._keys_buffer[:, :, : length + added]
+            self.values = self._values_buffer[:, :, : length + added]
             return self.keys, self.values
 
         def _allocate(self, like, length: int, capacity: int) -> None:
@@ -176,8 +178,8 @@ class Engine:
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
-            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[i, width - len(row):] = 1
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
         return ids.to(self.model.device), mask.to(self.model.device)
 
     def generate(self, units: list[WorkUnit]) -> list[Answer]:
@@ -192,7 +194,7 @@ class Engine:
         except torch.cuda.OutOfMemoryError as exc:
             raise OutOfMemory(f"CUDA out of memory with {len(units)} rows: {exc}") from exc
         seconds = (time.perf_counter() - started) / len(units)
-        return [self._answer(self.prompt_ids(u), new, seconds) for u, new in zip(units, tokens)]
+        return [self._answer(self.prompt_ids(u), new, seconds) for u, new in zip(units, tokens, strict=False)]
 
     def _decode(self, units: list[WorkUnit]) -> list[list[int]]:
         """Prefill each distinct prompt once, then decode every row with its own seed.
@@ -211,8 +213,14 @@ class Engine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         cache.layers = [reserved_layer(self.cfg.max_new_tokens) for _ in cache.layers]
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         # Expand the prefilled prompts to one row per unit.
         row_of = torch.tensor([samples.index(u.sample_index) for u in units], device=ids.device)
         cache.batch_select_indices(row_of)
@@ -224,7 +232,7 @@ class Engine:
         finished = torch.zeros(len(units), dtype=torch.bool, device=ids.device)
         for step in range(self.cfg.max_new_tokens):
             chosen = choose_tokens(logits, seeds, step, self.cfg.temperature, self.cfg.top_p)
-            for row, token in zip(active.tolist(), chosen.tolist()):
+            for row, token in zip(active.tolist(), chosen.tolist(), strict=False):
                 generated[row].append(token)
             finished = finished | torch.isin(chosen, eos)
             if step == self.cfg.max_new_tokens - 1 or bool(finished.all()):
@@ -233,12 +241,23 @@ class Engine:
             if not bool(live.all()):
                 keep = live.nonzero().squeeze(1)
                 cache.batch_select_indices(keep)
-                active, chosen, seeds, mask, position = active[keep], chosen[keep], seeds[keep], mask[keep], position[keep]
+                active, chosen, seeds, mask, position = (
+                    active[keep],
+                    chosen[keep],
+                    seeds[keep],
+                    mask[keep],
+                    position[keep],
+                )
                 finished = finished[keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
             position = position + 1
-            out = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position[:, None],
-                             past_key_values=cache, use_cache=True)
+            out = self.model(
+                input_ids=chosen[:, None],
+                attention_mask=mask,
+                position_ids=position[:, None],
+                past_key_values=cache,
+                use_cache=True,
+            )
             logits = out.logits[:, -1, :]
         return generated
 
@@ -247,6 +266,36 @@ class Engine:
         kept = new if cut is None else new[:cut]
         text = self.tokenizer.decode(kept, skip_special_tokens=True)
         return Answer(text, len(prompt), len(kept) + (cut is not None), seconds)
+
+    def find_batch_size(self, prompt_length: int) -> int:
+        """The largest power-of-two row count (up to the device's limit) whose rows fit in memory
+        with a full KV cache of `prompt_length` + max-new-tokens and a decode step."""
+        limit = AUTO_BATCH_LIMIT_CUDA if self.device.startswith("cuda") else AUTO_BATCH_LIMIT_CPU
+        rows, fits = 1, 1
+        while rows <= limit:
+            try:
+                self._probe(rows, prompt_length + self.cfg.max_new_tokens)
+                fits = rows
+            except OutOfMemory:
+                break
+            finally:
+                self.free_memory()
+            rows *= 2
+        return fits
+
+    def _probe(self, rows: int, length: int) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        fault_point("generate", rows=rows)
+        ids = torch.full((rows, length), self.pad_id, dtype=torch.long, device=self.model.device)
+        try:
+            with torch.inference_mode():
+                cache = DynamicCache(config=self.model.config)
+                self.model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                self.model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise OutOfMemory(f"CUDA out of memory probing {rows} rows") from exc
 
     def oom_answer(self, unit: WorkUnit) -> Answer:
         """The answer of a unit that does not fit in memory alone."""

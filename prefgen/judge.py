@@ -35,12 +35,10 @@ class Judged:
     detail: str = ""
 
 
-def judge_batch(
-    units: list[WorkUnit], answers: list[Answer], kept: dict[int, set[str]], dedup: bool
-) -> list[Judged]:
+def judge_batch(units: list[WorkUnit], answers: list[Answer], kept: dict[int, set[str]], dedup: bool) -> list[Judged]:
     """Judge a batch in unit order; `kept` (sample -> kept SQL) is updated with what is kept."""
     results = []
-    for unit, answer in zip(units, answers):
+    for unit, answer in zip(units, answers, strict=False):
         if answer.oom:
             results.append(Judged(unit, answer, OOM, detail="did not fit in memory alone"))
             continue

@@ -32,18 +32,39 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db["meta"].create({"key": str, "value": str}, pk="key")
     db["runs"].create(
         {
-            "id": int, "started_at": str, "ended_at": str, "status": str, "stop_reason": str,
-            "units_done": int, "error": str, "pid": int, "host": str, "argv": str,
-            "prefgen_version": str, "settings": str,
+            "id": int,
+            "started_at": str,
+            "ended_at": str,
+            "status": str,
+            "stop_reason": str,
+            "units_done": int,
+            "error": str,
+            "pid": int,
+            "host": str,
+            "argv": str,
+            "prefgen_version": str,
+            "settings": str,
         },
         pk="id",
     )
     db["units"].create(
         {
-            "sample_index": int, "reject_index": int, "seed": int, "status": str, "detail": str,
-            "record_hash": str, "raw_answer": str, "sql": str, "prompt_tokens": int,
-            "new_tokens": int, "gen_seconds": float, "run_id": int, "updated_at": str,
-            "line_offset": int, "line_length": int, "line": str,
+            "sample_index": int,
+            "reject_index": int,
+            "seed": int,
+            "status": str,
+            "detail": str,
+            "record_hash": str,
+            "raw_answer": str,
+            "sql": str,
+            "prompt_tokens": int,
+            "new_tokens": int,
+            "gen_seconds": float,
+            "run_id": int,
+            "updated_at": str,
+            "line_offset": int,
+            "line_length": int,
+            "line": str,
         },
         pk=("sample_index", "reject_index"),
         foreign_keys=[("run_id", "runs", "id")],
@@ -59,7 +80,9 @@ def m001_initial(db: sqlite_utils.Database) -> None:
 
 def m002_views(db: sqlite_utils.Database) -> None:
     """Read-only views that make the common questions one-line queries."""
-    db.create_view("sample_progress", """
+    db.create_view(
+        "sample_progress",
+        """
         select sample_index,
           count(*) as units,
           sum(status = 'written') as written,
@@ -68,8 +91,11 @@ def m002_views(db: sqlite_utils.Database) -> None:
           sum(status in ('oom', 'error', 'retry')) as failed,
           sum(coalesce(new_tokens, 0)) as new_tokens,
           round(sum(coalesce(gen_seconds, 0)), 3) as gen_seconds
-        from units group by sample_index""")
-    db.create_view("progress", """
+        from units group by sample_index""",
+    )
+    db.create_view(
+        "progress",
+        """
         select
           (select cast(value as integer) from meta where key = 'samples_total')
             * (select cast(value as integer) from meta where key = 'num_rejects') as units_total,
@@ -80,14 +106,18 @@ def m002_views(db: sqlite_utils.Database) -> None:
              = (select cast(value as integer) from meta where key = 'num_rejects')) as samples_complete,
           (select count(*) from units where status = 'written') as lines_written,
           (select coalesce(sum(new_tokens), 0) from units) as tokens_generated,
-          (select max(updated_at) from units) as last_update""")
-    db.create_view("run_history", """
+          (select max(updated_at) from units) as last_update""",
+    )
+    db.create_view(
+        "run_history",
+        """
         select r.id, r.started_at, r.ended_at, r.status, r.stop_reason, r.units_done, r.error,
           (select count(*) from events e where e.run_id = r.id and e.kind = 'oom_backoff') as oom_backoffs,
           round((julianday(coalesce(r.ended_at,
             (select max(updated_at) from units u where u.run_id = r.id), r.started_at))
             - julianday(r.started_at)) * 86400, 3) as seconds
-        from runs r order by r.id""")
+        from runs r order by r.id""",
+    )
 
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial, m002_views]
@@ -193,14 +223,18 @@ class Ledger:
         """Open a row in `runs` for this process and return its id."""
         with self.db.atomic():
             self.db.execute(
-                "update runs set status = 'crashed', stop_reason = 'the process died'"
-                " where status = 'running'"
+                "update runs set status = 'crashed', stop_reason = 'the process died' where status = 'running'"
             )
             table = self.db["runs"].insert(
                 {
-                    "started_at": now(), "status": "running", "units_done": 0, "pid": os.getpid(),
-                    "host": socket.gethostname(), "argv": orjson.dumps(argv).decode(),
-                    "prefgen_version": __version__, "settings": orjson.dumps(settings).decode(),
+                    "started_at": now(),
+                    "status": "running",
+                    "units_done": 0,
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "argv": orjson.dumps(argv).decode(),
+                    "prefgen_version": __version__,
+                    "settings": orjson.dumps(settings).decode(),
                 }
             )
         return table.last_pk
@@ -211,7 +245,9 @@ class Ledger:
 
     def record_event(self, run_id: int, kind: str, detail: dict) -> None:
         with self.db.atomic():
-            self.db["events"].insert({"run_id": run_id, "at": now(), "kind": kind, "detail": orjson.dumps(detail).decode()})
+            self.db["events"].insert(
+                {"run_id": run_id, "at": now(), "kind": kind, "detail": orjson.dumps(detail).decode()}
+            )
 
     def runs(self) -> list[dict]:
         return list(self.db.query("select * from runs order by id"))
@@ -220,8 +256,7 @@ class Ledger:
     def units_between(self, first: int, last: int) -> dict[tuple[int, int], dict]:
         """(sample, reject) -> {status, record_hash, sql} for the samples first..last."""
         rows = self.db.query(
-            "select sample_index, reject_index, status, record_hash, sql from units"
-            " where sample_index between ? and ?",
+            "select sample_index, reject_index, status, record_hash, sql from units where sample_index between ? and ?",
             [first, last],
         )
         return {(r["sample_index"], r["reject_index"]): r for r in rows}
@@ -271,10 +306,14 @@ class Ledger:
                 [now(), *statuses],
             )
             count = cursor.rowcount
-            self.db["events"].insert({
-                "run_id": None, "at": now(), "kind": "retry_marked",
-                "detail": orjson.dumps({"statuses": statuses, "units": count}).decode(),
-            })
+            self.db["events"].insert(
+                {
+                    "run_id": None,
+                    "at": now(),
+                    "kind": "retry_marked",
+                    "detail": orjson.dumps({"statuses": statuses, "units": count}).decode(),
+                }
+            )
         return count
 
     # --- inspection (read-only) ---------------------------------------------------------------------
@@ -285,31 +324,47 @@ class Ledger:
         return list(self.db.query("select * from run_history"))
 
     def sample_units(self, sample_index: int) -> list[dict]:
-        return list(self.db.query(
-            "select * from units where sample_index = ? order by reject_index", [sample_index]))
+        return list(self.db.query("select * from units where sample_index = ? order by reject_index", [sample_index]))
 
     def partial_samples(self, num_rejects: int) -> int:
         """Samples with some, but not all, units done."""
-        return next(self.db.query(
-            "select count(*) as n from sample_progress where units - failed between 1 and ? - 1", [num_rejects]))["n"]
+        return next(
+            self.db.query(
+                "select count(*) as n from sample_progress where units - failed between 1 and ? - 1", [num_rejects]
+            )
+        )["n"]
 
     def totals(self, since: str | None = None) -> dict:
         """Units and tokens generated (and the time span they cover), optionally since a timestamp."""
         where, params = ("where updated_at >= ?", [since]) if since else ("", [])
-        return next(self.db.query(
-            "select count(*) as units, coalesce(sum(new_tokens), 0) as new_tokens,"
-            " coalesce(sum(prompt_tokens), 0) as prompt_tokens, min(updated_at) as first, max(updated_at) as last"
-            f" from units {where}", params))
+        return next(
+            self.db.query(
+                "select count(*) as units, coalesce(sum(new_tokens), 0) as new_tokens,"
+                " coalesce(sum(prompt_tokens), 0) as prompt_tokens, min(updated_at) as first, max(updated_at) as last"
+                f" from units {where}",
+                params,
+            )
+        )
+
+    def generation_seconds(self) -> float:
+        """Time spent inside generation calls, summed over units."""
+        return next(self.db.query("select coalesce(sum(gen_seconds), 0) as s from units"))["s"]
 
     def failures(self) -> list[dict]:
-        return list(self.db.query(
-            "select status, coalesce(nullif(detail, ''), status) as reason, count(*) as units,"
-            " group_concat(distinct sample_index) as samples from units"
-            " where status in ('error', 'oom', 'no_sql', 'timeout', 'retry')"
-            " group by status, reason order by units desc"))
+        return list(
+            self.db.query(
+                "select status, coalesce(nullif(detail, ''), status) as reason, count(*) as units,"
+                " group_concat(distinct sample_index) as samples from units"
+                " where status in ('error', 'oom', 'no_sql', 'timeout', 'retry')"
+                " group by status, reason order by units desc"
+            )
+        )
 
     def last_error(self) -> dict | None:
-        rows = list(self.db.query(
-            "select id as run_id, ended_at as at, stop_reason, error from runs"
-            " where error is not null and error != '' order by id desc limit 1"))
+        rows = list(
+            self.db.query(
+                "select id as run_id, ended_at as at, stop_reason, error from runs"
+                " where error is not null and error != '' order by id desc limit 1"
+            )
+        )
         return rows[0] if rows else None

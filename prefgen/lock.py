@@ -39,7 +39,9 @@ def exclusive(path: str | Path) -> Iterator[None]:
                 hint="wait for it to finish, or stop it (Ctrl-C or kill PID) and run again",
             ) from None
         info = {
-            "pid": os.getpid(), "host": socket.gethostname(), "argv": sys.argv,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "argv": sys.argv,
             "since": datetime.datetime.now().isoformat(timespec="seconds"),
         }
         os.ftruncate(fd, 0)

@@ -22,8 +22,10 @@ def part_files(output: Path, world_size: int) -> list[tuple[Path, Path]]:
         jsonl = part_path(output, rank, world_size)
         ledger = Path(str(jsonl) + LEDGER_SUFFIX)
         if not ledger.exists():
-            raise OutputError(f"part {rank} of {world_size} is missing: no ledger {ledger}",
-                              hint=f"run rank {rank} (prefgen generate ... --rank {rank} --world-size {world_size})")
+            raise OutputError(
+                f"part {rank} of {world_size} is missing: no ledger {ledger}",
+                hint=f"run rank {rank} (prefgen generate ... --rank {rank} --world-size {world_size})",
+            )
         parts.append((jsonl, ledger))
     return parts
 

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import datetime
-
 from pathlib import Path
 
 import orjson
@@ -80,18 +79,25 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
     return {
         "ledger": str(path),
         "units": {
-            "total": units_total, "done": progress["units_done"], "remaining": remaining,
-            "failed": progress["units_failed"], "by_status": counts,
+            "total": units_total,
+            "done": progress["units_done"],
+            "remaining": remaining,
+            "failed": progress["units_failed"],
+            "by_status": counts,
         },
         "samples": {
-            "total": samples_total, "complete": progress["samples_complete"], "partial": partial,
+            "total": samples_total,
+            "complete": progress["samples_complete"],
+            "partial": partial,
             "pending": max(samples_total - progress["samples_complete"] - partial, 0),
         },
         "lines_written": progress["lines_written"],
         "tokens": {"prompt": overall["prompt_tokens"], "generated": overall["new_tokens"]},
         "throughput": {
-            "units_per_s": units_rate, "tokens_per_s": _rate(overall["new_tokens"], run_seconds),
-            "recent_minutes": recent_minutes, "recent_units_per_s": recent_rate,
+            "units_per_s": units_rate,
+            "tokens_per_s": _rate(overall["new_tokens"], run_seconds),
+            "recent_minutes": recent_minutes,
+            "recent_units_per_s": recent_rate,
             "recent_tokens_per_s": _rate(recent["new_tokens"], recent_seconds),
         },
         "eta_s": remaining / eta_rate if remaining and eta_rate else (0.0 if not remaining else None),

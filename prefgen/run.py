@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
@@ -21,12 +22,13 @@ from prefgen.faults import fault_point
 from prefgen.judge import RETRIED_STATUSES, judge_batch
 from prefgen.ledger import Ledger
 from prefgen.lock import exclusive
-from prefgen.plan import shard
+from prefgen.plan import plan_units, shard
 from prefgen.records import iter_records
 from prefgen.resume import pending_units, scan_records
 
 log = logging.getLogger("prefgen")
 
+AUTO_PROBE_RECORDS = 64  # --batch-size auto sizes batches for the longest of the first records
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
@@ -108,8 +110,15 @@ def generate_with_backoff(engine, units, on_backoff) -> list:
 def progress_bar(total: int, initial: int, enabled: bool) -> Iterator:
     from tqdm import tqdm
 
-    with tqdm(total=total, initial=initial, unit="unit", desc="generate", disable=not enabled,
-              dynamic_ncols=True, smoothing=0.05) as bar:
+    with tqdm(
+        total=total,
+        initial=initial,
+        unit="unit",
+        desc="generate",
+        disable=not enabled,
+        dynamic_ncols=True,
+        smoothing=0.05,
+    ) as bar:
         yield bar
 
 
@@ -137,6 +146,7 @@ class GenerateRun:
         self.cfg, self.ledger, self.stop, self.show_progress = cfg, ledger, stop, show_progress
         self.journal = OutputJournal(ledger, cfg.output_path)
         self.run_id = 0
+        self.batch_limit = 1
 
     def records(self):
         cfg = self.cfg
@@ -178,23 +188,46 @@ class GenerateRun:
             from prefgen.engine import load_engine
 
             engine = load_engine(self.cfg)
-        self.ledger.record_event(self.run_id, "model_loaded",
-                                 {"device": engine.device, "adapter_merged": engine.adapter_merged})
+        self.ledger.record_event(
+            self.run_id, "model_loaded", {"device": engine.device, "adapter_merged": engine.adapter_merged}
+        )
         fault_point("after_model_load")
         self.stop.check()
         return engine
 
     def on_backoff(self, rows: int, half: int) -> None:
         log.warning("out of memory with %d rows: retrying as batches of %d", rows, half)
-        self.ledger.record_event(self.run_id, "oom_backoff", {"rows": rows, "retry_rows": half})
+        detail = {"rows": rows, "retry_rows": half}
+        if self.cfg.batch_size == "auto" and half < self.batch_limit:
+            self.batch_limit = half  # auto: later batches start at the size that fits
+            detail["batch_size"] = half
+        self.ledger.record_event(self.run_id, "oom_backoff", detail)
+
+    def choose_batch_size(self, engine) -> int:
+        """`--batch-size`, or for `auto` the largest that fits the longest of the first prompts."""
+        if self.cfg.batch_size != "auto":
+            return self.cfg.batch_size
+        first = plan_units(islice(self.records(), AUTO_PROBE_RECORDS), 1, self.cfg.seed)
+        longest = max((engine.prompt_length(u) for u in first), default=1)
+        rows = engine.find_batch_size(longest)
+        log.info("--batch-size auto: %d rows fit (prompt %d + %d new tokens)", rows, longest, self.cfg.max_new_tokens)
+        self.ledger.record_event(self.run_id, "batch_size_auto", {"rows": rows, "prompt_tokens": longest})
+        return rows
 
     def run_batches(self, summary: Summary, engine=None) -> int:
         cfg = self.cfg
         engine = self.load(engine)
+        self.batch_limit = self.choose_batch_size(engine)
         kept: dict[int, set[str]] = {}  # sample -> SQL already written, for --dedup-rejects
         units = pending_units(self.records(), self.ledger, cfg.num_rejects, cfg.seed, kept)
-        planned = batches(units, cfg.batch_size, cfg.max_batch_tokens, cfg.lookahead, engine.prompt_length,
-                          cfg.max_new_tokens)
+        planned = batches(
+            units,
+            lambda: self.batch_limit,
+            cfg.max_batch_tokens,
+            cfg.lookahead,
+            engine.prompt_length,
+            cfg.max_new_tokens,
+        )
         done = 0
         with progress_bar(summary.total_units, summary.done_before, self.show_progress) as bar:
             for batch in planned:

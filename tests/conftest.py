@@ -1,5 +1,6 @@
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import orjson
@@ -67,3 +68,13 @@ def run_cli(args: list[str], expect: int = 0):
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code == expect, result.output
     return result
+
+
+def query(path, sql: str) -> list[dict]:
+    """Rows of a read query on a ledger (or any SQLite file), as dicts."""
+    conn = sqlite3.connect(str(path))
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute(sql)]
+    finally:
+        conn.close()

@@ -1,20 +1,13 @@
-import sqlite3
 import subprocess
 import sys
 
 import orjson
 import pytest
+from conftest import ROOT, generate_args, query, read_jsonl, run_cli, write_records
 
-from conftest import ROOT, generate_args, read_jsonl, run_cli, write_records
 
-
-def ledger_rows(path, query="select * from units order by sample_index, reject_index"):
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(query)]
-    finally:
-        conn.close()
+def ledger_rows(path, sql="select * from units order by sample_index, reject_index"):
+    return query(path, sql)
 
 
 def test_generate_writes_pairs_and_ledger(workdir, tiny_model, sample_data):
@@ -76,7 +69,7 @@ def test_resume_after_a_crash_mid_run_matches_an_uninterrupted_run(workdir, tiny
     run_cli(generate_args(tiny_model, sample_data, reference, num_rejects=3, max_samples=5, dedup_rejects=True))
     assert out.read_bytes() == reference.read_bytes()
     lines = read_jsonl(out)
-    assert len({(l["sample_index"], l["reject_index"]) for l in lines}) == len(lines)
+    assert len({(line["sample_index"], line["reject_index"]) for line in lines}) == len(lines)
     units = ledger_rows(str(out) + ".ledger.sqlite")
     assert len(units) == 15
     assert sum(u["status"] == "written" for u in units) == len(lines)
@@ -86,11 +79,15 @@ def test_resume_after_a_crash_mid_run_matches_an_uninterrupted_run(workdir, tiny
 
 def test_greedy_with_several_rejects_records_duplicates(workdir, tiny_model, sample_data):
     out = workdir / "pairs.jsonl"
-    run_cli(generate_args(tiny_model, sample_data, out, num_rejects=3, max_samples=4, temperature=0, dedup_rejects=True))
+    run_cli(
+        generate_args(tiny_model, sample_data, out, num_rejects=3, max_samples=4, temperature=0, dedup_rejects=True)
+    )
     units = ledger_rows(str(out) + ".ledger.sqlite")
     assert [u["status"] for u in units] == ["written", "duplicate", "duplicate"] * 4
     assert all(u["line"] is None for u in units if u["status"] == "duplicate")
-    assert sorted((l["sample_index"], l["reject_index"]) for l in read_jsonl(out)) == [(s, 0) for s in range(4)]
+    assert sorted((line["sample_index"], line["reject_index"]) for line in read_jsonl(out)) == [
+        (s, 0) for s in range(4)
+    ]
 
 
 def test_without_dedup_duplicates_are_written(workdir, tiny_model, sample_data):
@@ -137,7 +134,7 @@ def test_lora_adapter_is_applied(workdir, tiny_model, sample_data):
     base, adapted = workdir / "base.jsonl", workdir / "adapted.jsonl"
     run_cli(generate_args(tiny_model, sample_data, base, max_samples=2))
     run_cli(generate_args(tiny_model, sample_data, adapted, max_samples=2, adapter_path=workdir / "adapter"))
-    assert [l["rejected"] for l in read_jsonl(base)] != [l["rejected"] for l in read_jsonl(adapted)]
+    assert [line["rejected"] for line in read_jsonl(base)] != [line["rejected"] for line in read_jsonl(adapted)]
     events = ledger_rows(str(adapted) + ".ledger.sqlite", "select detail from events where kind = 'model_loaded'")
     assert orjson.loads(events[0]["detail"])["adapter_merged"] is True
 
@@ -147,7 +144,7 @@ def test_missing_adapter_warns_and_uses_the_base_model(workdir, tiny_model, samp
     run_cli(generate_args(tiny_model, sample_data, base, max_samples=2))
     result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=2, adapter_path=workdir / "nope"))
     assert "Warning: adapter" in result.output and "does not exist" in result.output
-    assert [l["rejected"] for l in read_jsonl(base)] == [l["rejected"] for l in read_jsonl(out)]
+    assert [line["rejected"] for line in read_jsonl(base)] == [line["rejected"] for line in read_jsonl(out)]
 
 
 def test_tokenizer_without_chat_template_falls_back_with_a_warning(workdir, tiny_model, sample_data):
@@ -164,9 +161,10 @@ def test_tokenizer_without_chat_template_falls_back_with_a_warning(workdir, tiny
 
 
 def test_prompt_is_instruction_newline_input_in_the_chat_template(tiny_model):
+    from transformers import AutoTokenizer
+
     from prefgen.prompts import PromptBuilder
     from prefgen.records import validate
-    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     record = validate("mem", 0, {"instruction": "Answer.", "input": "Q: how many?", "output": "SELECT 1"})
@@ -225,15 +223,21 @@ def test_cli_in_a_subprocess_warns_on_cuda_and_prints_no_traceback_for_bad_input
     assert "CUDA is not available: running on CPU" in done.stderr
     assert len(read_jsonl(out)) == 2
     bad = write_records(workdir / "bad.json", [{"instruction": "x", "output": None}])
-    done = subprocess.run([sys.executable, "-m", "prefgen", *generate_args(tiny_model, bad, workdir / "o.jsonl")],
-                          capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-m", "prefgen", *generate_args(tiny_model, bad, workdir / "o.jsonl")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "Error: " in done.stderr and "record 0: field 'output' is empty" in done.stderr
 
 
 def test_ledger_status_counts(workdir, tiny_model, sample_data):
     out = workdir / "pairs.jsonl"
-    run_cli(generate_args(tiny_model, sample_data, out, num_rejects=3, max_samples=2, temperature=0, dedup_rejects=True))
+    run_cli(
+        generate_args(tiny_model, sample_data, out, num_rejects=3, max_samples=2, temperature=0, dedup_rejects=True)
+    )
     result = run_cli(["ledger", "status", str(out) + ".ledger.sqlite"])
     assert "Units    6 / 6 done (100.0%), 0 to retry" in result.output
     assert "Status   duplicate 4, written 2" in result.output

@@ -5,29 +5,29 @@ import time
 
 import orjson
 import pytest
-
-from conftest import generate_args, read_jsonl, run_cli
+from conftest import generate_args, query, read_jsonl, run_cli
 from test_survival import run, start
 
-STATUS_KEYS = {"ledger", "units", "samples", "lines_written", "tokens", "throughput", "eta_s", "last_update",
-               "runs", "last_error", "settings"}
-
-
-def query(path, sql):
-    conn = sqlite3.connect(path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql)]
-    finally:
-        conn.close()
+STATUS_KEYS = {
+    "ledger",
+    "units",
+    "samples",
+    "lines_written",
+    "tokens",
+    "throughput",
+    "eta_s",
+    "last_update",
+    "runs",
+    "last_error",
+    "settings",
+}
 
 
 @pytest.fixture
 def partial_run(workdir, tiny_model, sample_data):
-    """A run killed after 2 batches of 3 units (2 rejects a sample): 3 samples complete, 0 partial...
-    then resumed with batch size 5 and killed again, leaving a partial sample."""
+    """A run of 6 samples x 2 rejects killed after 2 batches of 3 units: 3 samples complete."""
     out = workdir / "pairs.jsonl"
-    flags = dict(num_rejects=2, max_samples=6, batch_size=3, max_new_tokens=8)
+    flags = dict(num_rejects=2, max_samples=6, batch_size=3, max_new_tokens=8, lookahead=1)  # sample order
     code, _ = run(generate_args(tiny_model, sample_data, out, **flags), fault="after_commit:kill@2")
     assert code == -9
     return out, str(out) + ".ledger.sqlite", flags
@@ -39,14 +39,21 @@ def test_status_figures_match_the_ledger_and_the_jsonl(partial_run):
     assert set(data) == STATUS_KEYS
     assert set(data["units"]) == {"total", "done", "remaining", "failed", "by_status"}
     assert set(data["samples"]) == {"total", "complete", "partial", "pending"}
-    assert set(data["throughput"]) == {"units_per_s", "tokens_per_s", "recent_minutes", "recent_units_per_s",
-                                       "recent_tokens_per_s"}
+    assert set(data["throughput"]) == {
+        "units_per_s",
+        "tokens_per_s",
+        "recent_minutes",
+        "recent_units_per_s",
+        "recent_tokens_per_s",
+    }
     units = query(ledger, "select * from units")
     assert data["units"] == {"total": 12, "done": 6, "remaining": 6, "failed": 0, "by_status": {"written": 6}}
     assert data["samples"] == {"total": 6, "complete": 3, "partial": 0, "pending": 3}
     assert data["lines_written"] == len(read_jsonl(out)) == 6
-    assert data["tokens"] == {"generated": sum(u["new_tokens"] for u in units),
-                              "prompt": sum(u["prompt_tokens"] for u in units)}
+    assert data["tokens"] == {
+        "generated": sum(u["new_tokens"] for u in units),
+        "prompt": sum(u["prompt_tokens"] for u in units),
+    }
     assert [r["status"] for r in data["runs"]] == ["running"]  # killed: it never closed its run
     assert data["runs"][0]["units_done"] == 6 and data["eta_s"] > 0
     assert data["settings"]["batch_size"] == 3
@@ -54,7 +61,9 @@ def test_status_figures_match_the_ledger_and_the_jsonl(partial_run):
 
 def test_status_after_resume_shows_partial_samples_and_history(partial_run, tiny_model, sample_data):
     out, ledger, flags = partial_run
-    code, _ = run(generate_args(tiny_model, sample_data, out, **{**flags, "batch_size": 5}), fault="after_commit:kill@1")
+    code, _ = run(
+        generate_args(tiny_model, sample_data, out, **{**flags, "batch_size": 5}), fault="after_commit:kill@1"
+    )
     assert code == -9
     data = orjson.loads(run_cli(["ledger", "status", ledger, "--json"]).output)
     assert data["samples"] == {"total": 6, "complete": 5, "partial": 1, "pending": 0}
@@ -105,9 +114,9 @@ def test_failures_and_retry(workdir, tiny_model, sample_data, monkeypatch):
 
 def test_views_make_queries_one_line(partial_run):
     _, ledger, _ = partial_run
-    assert query(ledger, "select units_total, units_done, samples_total, samples_complete, lines_written"
-                         " from progress") == [
-        {"units_total": 12, "units_done": 6, "samples_total": 6, "samples_complete": 3, "lines_written": 6}]
+    assert query(
+        ledger, "select units_total, units_done, samples_total, samples_complete, lines_written from progress"
+    ) == [{"units_total": 12, "units_done": 6, "samples_total": 6, "samples_complete": 3, "lines_written": 6}]
     rows = query(ledger, "select sample_index, units, written from sample_progress order by sample_index")
     assert rows == [{"sample_index": i, "units": 2, "written": 2} for i in range(3)]
     history = query(ledger, "select id, status, units_done, oom_backoffs from run_history")
@@ -119,9 +128,21 @@ def test_ledger_schema(partial_run):
 
     db = sqlite_utils.Database(partial_run[1])
     assert db["units"].columns_dict == {
-        "sample_index": int, "reject_index": int, "seed": int, "status": str, "detail": str,
-        "record_hash": str, "raw_answer": str, "sql": str, "prompt_tokens": int, "new_tokens": int,
-        "gen_seconds": float, "run_id": int, "updated_at": str, "line_offset": int, "line_length": int,
+        "sample_index": int,
+        "reject_index": int,
+        "seed": int,
+        "status": str,
+        "detail": str,
+        "record_hash": str,
+        "raw_answer": str,
+        "sql": str,
+        "prompt_tokens": int,
+        "new_tokens": int,
+        "gen_seconds": float,
+        "run_id": int,
+        "updated_at": str,
+        "line_offset": int,
+        "line_length": int,
         "line": str,
     }
     assert db["units"].pks == ["sample_index", "reject_index"]
@@ -132,8 +153,10 @@ def test_ledger_schema(partial_run):
 def test_status_while_a_run_writes_is_consistent_and_does_not_block(workdir, tiny_model, sample_data):
     out = workdir / "pairs.jsonl"
     ledger = str(out) + ".ledger.sqlite"
-    process = start(generate_args(tiny_model, sample_data, out, num_rejects=2, max_samples=6, batch_size=2),
-                    fault="before_generate:sleep@3")
+    process = start(
+        generate_args(tiny_model, sample_data, out, num_rejects=2, max_samples=6, batch_size=2),
+        fault="before_generate:sleep@3",
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and not (out.exists() and len(read_jsonl(out)) == 4):
@@ -167,8 +190,10 @@ def test_not_a_ledger_and_a_newer_ledger_are_clear_errors(workdir, partial_run):
 def test_config_file_flags_override_and_status_prints_it_back(workdir, tiny_model, sample_data):
     config = workdir / "run.yaml"
     out = workdir / "pairs.jsonl"
-    config.write_text(f"base-model: {tiny_model}\nsft_data: {sample_data}\noutput: {out}\nnum-rejects: 2\n"
-                      "max-new-tokens: 8\nmax_samples: 2\ndevice: cpu\ndedup-rejects: true\nbatch-size: 2\n")
+    config.write_text(
+        f"base-model: {tiny_model}\nsft_data: {sample_data}\noutput: {out}\nnum-rejects: 2\n"
+        "max-new-tokens: 8\nmax_samples: 2\ndevice: cpu\ndedup-rejects: true\nbatch-size: 2\n"
+    )
     result = run_cli(["generate", "--config", str(config), "--batch-size", "3", "--no-progress"])
     assert "Generated 4 units; 4/4 done" in result.output
     runs = query(str(out) + ".ledger.sqlite", "select settings from runs")

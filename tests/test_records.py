@@ -1,8 +1,8 @@
 import tracemalloc
 
 import pytest
-
 from conftest import SAMPLE, write_records
+
 from prefgen.errors import InputError
 from prefgen.records import count_records, iter_records, record_hash
 
@@ -17,7 +17,10 @@ def test_sample_is_streamed_with_extra_fields_kept():
 
 
 def test_json_and_jsonl_give_the_same_records_and_hashes(tmp_path):
-    rows = [{"instruction": "Q?", "input": "ctx", "output": "SELECT 1", "db_id": "x", "n": 1.5}, {"instruction": "R", "output": "SELECT 2"}]
+    rows = [
+        {"instruction": "Q?", "input": "ctx", "output": "SELECT 1", "db_id": "x", "n": 1.5},
+        {"instruction": "R", "output": "SELECT 2"},
+    ]
     as_json = list(iter_records(write_records(tmp_path / "a.json", rows)))
     as_jsonl = list(iter_records(write_records(tmp_path / "a.jsonl", rows, jsonl=True)))
     assert [r.hash for r in as_json] == [r.hash for r in as_jsonl] == [record_hash(r) for r in rows]

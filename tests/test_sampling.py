@@ -2,8 +2,8 @@ import random
 
 import pytest
 import torch
-
 from conftest import SAMPLE
+
 from prefgen.config import GenerateConfig
 from prefgen.plan import plan_units
 from prefgen.records import iter_records
@@ -43,8 +43,16 @@ def test_temperature_zero_is_greedy():
 def engine(tiny_model):
     from prefgen.engine import load_engine
 
-    cfg = GenerateConfig(base_model=str(tiny_model), sft_data=str(SAMPLE), output="unused.jsonl",
-                         num_rejects=2, max_new_tokens=12, temperature=1.0, top_p=0.95, device="cpu")
+    cfg = GenerateConfig(
+        base_model=str(tiny_model),
+        sft_data=str(SAMPLE),
+        output="unused.jsonl",
+        num_rejects=2,
+        max_new_tokens=12,
+        temperature=1.0,
+        top_p=0.95,
+        device="cpu",
+    )
     return load_engine(cfg)
 
 
@@ -54,7 +62,9 @@ def test_unit_text_is_independent_of_batch_size_order_and_neighbours(engine):
     alone = [engine.generate([u])[0].text for u in units]
     shuffled_units = units[:]
     random.Random(3).shuffle(shuffled_units)
-    shuffled = dict(zip([u.key for u in shuffled_units], [a.text for a in engine.generate(shuffled_units)]))
+    shuffled = dict(
+        zip([u.key for u in shuffled_units], [a.text for a in engine.generate(shuffled_units)], strict=False)
+    )
     assert batched == alone
     assert [shuffled[u.key] for u in units] == batched
     assert len(set(batched)) == len(batched), "different seeds should give different random text"

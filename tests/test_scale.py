@@ -6,12 +6,12 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, generate_args, read_jsonl, run_cli
+from test_survival import run
+
 from prefgen.batching import batches
 from prefgen.plan import plan_units
 from prefgen.records import Record
-from test_survival import run
 
 
 def units_of(lengths, rejects=2):
@@ -51,12 +51,15 @@ def test_token_bound_counts_rows_times_the_longest_row():
 def test_token_bounded_grouped_run_writes_the_same_text(workdir, tiny_model, sample_data):
     plain, bounded = workdir / "plain.jsonl", workdir / "bounded.jsonl"
     run_cli(generate_args(tiny_model, sample_data, plain, max_samples=6, lookahead=1))
-    result = run_cli(generate_args(tiny_model, sample_data, bounded, max_samples=6, batch_size=8,
-                                   max_batch_tokens=3500, lookahead=4))
+    result = run_cli(
+        generate_args(tiny_model, sample_data, bounded, max_samples=6, batch_size=8, max_batch_tokens=3500, lookahead=4)
+    )
     assert "Generated 12 units; 12/12 done" in result.output
     assert sorted(plain.read_bytes().splitlines()) == sorted(bounded.read_bytes().splitlines())
     # lookahead 1: sample order
-    assert [(l["sample_index"], l["reject_index"]) for l in read_jsonl(plain)] == [(s, r) for s in range(6) for r in range(2)]
+    assert [(line["sample_index"], line["reject_index"]) for line in read_jsonl(plain)] == [
+        (s, r) for s in range(6) for r in range(2)
+    ]
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
@@ -65,9 +68,13 @@ def test_torchrun_two_ranks_then_merge_equals_a_single_process_run(workdir, tiny
     flags = dict(num_rejects=2, max_samples=7, dedup_rejects=True)
     run_cli(generate_args(tiny_model, sample_data, single, **flags))
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    done = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "prefgen",
-                           *generate_args(tiny_model, sample_data, split, **flags)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "-m", "prefgen", *generate_args(tiny_model, sample_data, split, **flags)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert len(read_jsonl(workdir / "split.rank0-of-2.jsonl")) == 8  # samples 0, 2, 4, 6
     assert len(read_jsonl(workdir / "split.rank1-of-2.jsonl")) == 6  # samples 1, 3, 5
@@ -75,7 +82,7 @@ def test_torchrun_two_ranks_then_merge_equals_a_single_process_run(workdir, tiny
     assert "Merged 2 parts" in result.output and "14 lines" in result.output
     merged = split.read_bytes().splitlines()
     assert sorted(merged) == sorted(single.read_bytes().splitlines())
-    keys = [(l["sample_index"], l["reject_index"]) for l in read_jsonl(split)]
+    keys = [(line["sample_index"], line["reject_index"]) for line in read_jsonl(split)]
     assert keys == sorted(keys)
 
 
@@ -94,3 +101,46 @@ def test_a_dead_rank_is_resumed_alone_and_merge_refuses_incomplete_or_missing_pa
     assert "Generated 4 units; 6/6 done" in result.output
     assert "14 lines" in run_cli(["merge", "--output", str(out), "--world-size", "2"]).output
     assert "already exists" in run_cli(["merge", "--output", str(out), "--world-size", "2"], expect=1).output
+
+
+def test_batch_size_auto_probes_the_largest_size_that_fits(workdir, tiny_model, sample_data, monkeypatch):
+    import sqlite3
+
+    import orjson
+
+    out = workdir / "pairs.jsonl"
+    monkeypatch.setenv("PREFGEN_FAULT", "generate:oom>12")  # more than 12 rows do not fit
+    result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=10, batch_size="auto"))
+    assert "--batch-size auto: 8 rows fit" in result.output
+    assert "Generated 20 units; 20/20 done" in result.output
+    conn = sqlite3.connect(str(out) + ".ledger.sqlite")
+    events = [(k, orjson.loads(d)) for k, d in conn.execute("select kind, detail from events")]
+    conn.close()
+    assert (
+        "batch_size_auto",
+        {"rows": 8, "prompt_tokens": max(d.get("prompt_tokens", 0) for _, d in events)},
+    ) in events
+    assert not any(kind == "oom_backoff" for kind, _ in events)
+
+
+def test_batch_size_auto_on_cpu_stops_at_its_limit(workdir, tiny_model, sample_data):
+    result = run_cli(generate_args(tiny_model, sample_data, workdir / "p.jsonl", max_samples=2, batch_size="auto"))
+    assert "--batch-size auto: 64 rows fit" in result.output
+
+
+def test_auto_batch_size_shrinks_after_an_oom_backoff():
+    from prefgen.config import GenerateConfig
+    from prefgen.run import GenerateRun
+
+    class Ledger:
+        events = []
+
+        def record_event(self, run_id, kind, detail):
+            self.events.append((kind, detail))
+
+    for size, expected in (("auto", 4), (16, 16)):
+        run = GenerateRun.__new__(GenerateRun)
+        run.cfg = GenerateConfig(base_model="m", sft_data="d", output="o", batch_size=size)
+        run.ledger, run.run_id, run.batch_limit = Ledger(), 1, 16 if size == 16 else 8
+        run.on_backoff(8, 4)
+        assert run.batch_limit == expected

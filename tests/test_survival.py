@@ -9,16 +9,22 @@ import time
 
 import orjson
 import pytest
-
-from conftest import ROOT, generate_args, read_jsonl, run_cli, write_records
+from conftest import ROOT, generate_args, query, read_jsonl, run_cli, write_records
 
 
 def start(args, fault=None, **popen):
     env = {k: v for k, v in os.environ.items() if k != "PREFGEN_FAULT"}
     if fault:
         env["PREFGEN_FAULT"] = fault
-    return subprocess.Popen([sys.executable, "-m", "prefgen", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "prefgen", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def run(args, fault=None):
@@ -28,12 +34,7 @@ def run(args, fault=None):
 
 
 def ledger_units(out):
-    conn = sqlite3.connect(str(out) + ".ledger.sqlite")
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("select * from units order by sample_index, reject_index")]
-    finally:
-        conn.close()
+    return query(str(out) + ".ledger.sqlite", "select * from units order by sample_index, reject_index")
 
 
 def assert_ledger_agrees_with_file(out):
@@ -42,31 +43,42 @@ def assert_ledger_agrees_with_file(out):
     written = [u for u in ledger_units(out) if u["status"] == "written"]
     assert sum(u["line_length"] for u in written) == len(data)
     for unit in written:
-        line = data[unit["line_offset"]: unit["line_offset"] + unit["line_length"]]
+        line = data[unit["line_offset"] : unit["line_offset"] + unit["line_length"]]
         assert line == unit["line"].encode()
         parsed = orjson.loads(line)
         assert (parsed["sample_index"], parsed["reject_index"]) == (unit["sample_index"], unit["reject_index"])
     lines = read_jsonl(out)
-    assert len(lines) == len(written) == len({(l["sample_index"], l["reject_index"]) for l in lines})
+    assert len(lines) == len(written) == len({(line["sample_index"], line["reject_index"]) for line in lines})
     assert data.endswith(b"\n")
 
 
 @pytest.fixture
 def reference(workdir, tiny_model, sample_data):
     """An uninterrupted run of the command the tests interrupt."""
+
     def make(**flags):
         out = workdir / "reference.jsonl"
         run_cli(generate_args(tiny_model, sample_data, out, **flags))
         return out.read_bytes()
+
     return make
 
 
 FLAGS = dict(num_rejects=3, max_samples=6, batch_size=4, max_new_tokens=12, dedup_rejects=True)
 
 
-@pytest.mark.parametrize("point", ["after_ledger_open", "mid_model_load", "after_model_load",
-                                   "before_generate@2", "mid_jsonl_write@2", "after_jsonl_write@2",
-                                   "after_commit@2"])
+@pytest.mark.parametrize(
+    "point",
+    [
+        "after_ledger_open",
+        "mid_model_load",
+        "after_model_load",
+        "before_generate@2",
+        "mid_jsonl_write@2",
+        "after_jsonl_write@2",
+        "after_commit@2",
+    ],
+)
 def test_kill_at_each_fault_point_then_resume(workdir, tiny_model, sample_data, reference, point):
     out = workdir / "pairs.jsonl"
     args = generate_args(tiny_model, sample_data, out, **FLAGS)
@@ -104,8 +116,14 @@ def test_chaos_kill_9_at_random_moments(workdir, tiny_model, sample_data, refere
     flags = dict(num_rejects=3, max_samples=0, batch_size=2, max_new_tokens=24, dedup_rejects=True)
     out = workdir / "pairs.jsonl"
     args = generate_args(tiny_model, sample_data, out, **flags)
-    faults = ["mid_model_load", "after_model_load", "mid_jsonl_write", "after_jsonl_write", "after_commit",
-              "before_generate"]
+    faults = [
+        "mid_model_load",
+        "after_model_load",
+        "mid_jsonl_write",
+        "after_jsonl_write",
+        "after_commit",
+        "before_generate",
+    ]
     kills = 0
     for attempt in range(24):
         if attempt % 2 == 0:
@@ -131,7 +149,9 @@ def test_chaos_kill_9_at_random_moments(workdir, tiny_model, sample_data, refere
 
 def test_resume_with_another_batch_size_gives_the_same_text(workdir, tiny_model, sample_data, reference):
     out = workdir / "pairs.jsonl"
-    code, _ = run(generate_args(tiny_model, sample_data, out, **{**FLAGS, "batch_size": 3}), fault="after_commit:kill@2")
+    code, _ = run(
+        generate_args(tiny_model, sample_data, out, **{**FLAGS, "batch_size": 3}), fault="after_commit:kill@2"
+    )
     assert code == -signal.SIGKILL
     run_cli(generate_args(tiny_model, sample_data, out, **{**FLAGS, "batch_size": 7}))
     assert out.read_bytes() == reference(**FLAGS)
@@ -221,8 +241,10 @@ def test_a_second_writer_is_refused_naming_the_first(workdir, tiny_model, sample
         first.communicate()
 
 
-@pytest.mark.parametrize("fault, message", [("mid_jsonl_write:enospc@2", "No space left on device"),
-                                            ("mid_jsonl_write:eio@1", "Input/output error")])
+@pytest.mark.parametrize(
+    "fault, message",
+    [("mid_jsonl_write:enospc@2", "No space left on device"), ("mid_jsonl_write:eio@1", "Input/output error")],
+)
 def test_write_errors_leave_a_resumable_state(workdir, tiny_model, sample_data, reference, monkeypatch, fault, message):
     out = workdir / "pairs.jsonl"
     args = generate_args(tiny_model, sample_data, out, **FLAGS)
@@ -237,7 +259,9 @@ def test_write_errors_leave_a_resumable_state(workdir, tiny_model, sample_data, 
 
 
 @pytest.mark.parametrize("damage", ["truncate", "edit", "delete"])
-def test_output_changed_behind_prefgens_back_is_refused_and_repaired(workdir, tiny_model, sample_data, reference, damage):
+def test_output_changed_behind_prefgens_back_is_refused_and_repaired(
+    workdir, tiny_model, sample_data, reference, damage
+):
     out = workdir / "pairs.jsonl"
     args = generate_args(tiny_model, sample_data, out, **{**FLAGS, "max_samples": 3})
     run_cli(args)
