@@ -50,7 +50,7 @@ generate: $(STAMP) $(GEN_DEPS)
 	  --num-rejects $(NUM_REJECTS) --seed $(SEED) --max-new-tokens $(MAX_NEW_TOKENS) \
 	  --temperature $(TEMPERATURE) --top-p $(TOP_P) --max-samples $(MAX_SAMPLES) \
 	  --batch-size $(BATCH_SIZE) --device $(DEVICE) --system '$(SYSTEM)' \
-	  $(if $(filter 1,$(DEDUP)),--dedup-rejects)
+	  $(if $(filter 1,$(DEDUP)),--dedup-rejects) $(if $(filter exact sql,$(DEDUP)),--dedup-rejects $(DEDUP))
 
 status: $(STAMP)
 	$(BIN)/prefgen ledger status $(if $(LEDGER),'$(LEDGER)','$(OUT).ledger.sqlite')

@@ -68,6 +68,21 @@ class BatchSize(click.ParamType):
             self.fail(f"{value!r} is neither a number nor 'auto'", param, ctx)
 
 
+class DedupMode(click.ParamType):
+    """exact or sql; true/false from a config file mean exact / off."""
+
+    name = "exact|sql"
+
+    def convert(self, value, param, ctx):
+        if value is True:
+            return "exact"
+        if value in (False, None, ""):
+            return ""
+        if value in ("exact", "sql"):
+            return value
+        self.fail(f"{value!r} is not exact or sql", param, ctx)
+
+
 def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Read a YAML run config into the command's defaults: flags on the command line win."""
     if not value:
@@ -97,7 +112,15 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--output", required=True, help="JSONL file the pairs are appended to.")
 @click.option("--ledger", default="", help="Ledger path [default: OUTPUT.ledger.sqlite].")
 @click.option("--num-rejects", type=int, default=1, show_default=True, help="Rejects per sample (< 1000).")
-@click.option("--dedup-rejects", is_flag=True, help="Do not write a reject identical to an earlier one of the sample.")
+@click.option(
+    "--dedup-rejects",
+    type=DedupMode(),
+    is_flag=False,
+    flag_value="exact",
+    default="",
+    help="Do not write a reject equal to an earlier one of the sample: exact text (the default "
+    "when given alone) or sql (equal after SQL normalization).",
+)
 @click.option("--seed", type=int, default=42, show_default=True, help="Unit seed = seed + sample*1000 + reject.")
 @click.option("--max-new-tokens", type=int, default=512, show_default=True)
 @click.option("--temperature", type=float, default=0.7, show_default=True, help="0 means greedy decoding.")

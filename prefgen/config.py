@@ -58,7 +58,7 @@ class GenerateConfig:
     adapter_path: str = ""
     ledger: str = ""
     num_rejects: int = 1
-    dedup_rejects: bool = False
+    dedup_rejects: str = ""  # "" (off), "exact" or "sql"
     seed: int = 42
     max_new_tokens: int = 512
     temperature: float = 0.7
@@ -74,6 +74,10 @@ class GenerateConfig:
 
     def __post_init__(self):
         check_num_rejects(self.num_rejects)
+        if isinstance(self.dedup_rejects, bool):  # `dedup-rejects: true` in a config file
+            object.__setattr__(self, "dedup_rejects", "exact" if self.dedup_rejects else "")
+        if self.dedup_rejects not in ("", "exact", "sql"):
+            raise ConfigError(f"--dedup-rejects must be exact or sql, not {self.dedup_rejects!r}")
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ConfigError(f"--batch-size must be 'auto' or at least 1, not {self.batch_size!r}")
         if self.max_new_tokens < 1:

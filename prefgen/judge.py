@@ -1,8 +1,9 @@
 """Step 7 of the flow: decide what becomes of each generated unit.
 
-Statuses: `written` (a line in the JSONL), `duplicate` (same SQL as an earlier kept reject of
-the same sample, with --dedup-rejects), `no_sql` (nothing usable in the answer). Units that
-could not be generated are `oom` or `error` and are retried by the next run.
+Statuses: `written` (a line in the JSONL), `same_as_gold` (the gold query, up to layout),
+`duplicate` (same SQL as an earlier kept reject of the same sample, with --dedup-rejects),
+`no_sql` (nothing usable in the answer). Units that could not be generated are `oom` or
+`error` and are retried by the next run.
 """
 
 from __future__ import annotations
@@ -11,16 +12,19 @@ from dataclasses import dataclass
 
 from prefgen.engine import Answer
 from prefgen.extract import extract_sql
+from prefgen.normalize import normalize_sql
 from prefgen.plan import WorkUnit
 
 WRITTEN = "written"
+SAME_AS_GOLD = "same_as_gold"
 DUPLICATE = "duplicate"
 NO_SQL = "no_sql"
 OOM = "oom"
 ERROR = "error"
 RETRY = "retry"
 
-STATUSES = (WRITTEN, DUPLICATE, NO_SQL, OOM, ERROR, RETRY)
+STATUSES = (WRITTEN, SAME_AS_GOLD, DUPLICATE, NO_SQL, OOM, ERROR, RETRY)
+DEDUP_MODES = ("", "exact", "sql")  # off; identical text; identical after normalize_sql
 RETRIED_STATUSES = (OOM, ERROR, RETRY)  # a later run generates these units again
 
 
@@ -35,10 +39,15 @@ class Judged:
     detail: str = ""
 
 
-def judge_batch(units: list[WorkUnit], answers: list[Answer], kept: dict[int, set[str]], dedup: bool) -> list[Judged]:
-    """Judge a batch in unit order; `kept` (sample -> kept SQL) is updated with what is kept."""
+def dedup_key(sql: str, mode: str) -> str:
+    """What two rejects must share to be duplicates under a --dedup-rejects mode."""
+    return normalize_sql(sql) if mode == "sql" else sql
+
+
+def judge_batch(units: list[WorkUnit], answers: list[Answer], kept: dict[int, set[str]], dedup: str) -> list[Judged]:
+    """Judge a batch in unit order; `kept` (sample -> dedup keys of kept SQL) is updated."""
     results = []
-    for unit, answer in zip(units, answers, strict=False):
+    for unit, answer in zip(units, answers, strict=True):
         if answer.oom:
             results.append(Judged(unit, answer, OOM, detail="did not fit in memory alone"))
             continue
@@ -46,10 +55,12 @@ def judge_batch(units: list[WorkUnit], answers: list[Answer], kept: dict[int, se
         seen = kept.setdefault(unit.sample_index, set())
         if not sql:
             status = NO_SQL
-        elif dedup and sql in seen:
+        elif normalize_sql(sql) == normalize_sql(unit.record.output):
+            status = SAME_AS_GOLD
+        elif dedup and dedup_key(sql, dedup) in seen:
             status = DUPLICATE
         else:
             status = WRITTEN
-            seen.add(sql)
+            seen.add(dedup_key(sql, dedup))
         results.append(Judged(unit, answer, status, sql))
     return results

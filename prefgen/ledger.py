@@ -120,7 +120,26 @@ def m002_views(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial, m002_views]
+def m003_same_as_gold(db: sqlite_utils.Database) -> None:
+    """sample_progress counts the rejects that were the gold query again."""
+    db["sample_progress"].drop()
+    db.create_view(
+        "sample_progress",
+        """
+        select sample_index,
+          count(*) as units,
+          sum(status = 'written') as written,
+          sum(status = 'same_as_gold') as same_as_gold,
+          sum(status = 'duplicate') as duplicate,
+          sum(status = 'no_sql') as no_sql,
+          sum(status in ('oom', 'error', 'retry')) as failed,
+          sum(coalesce(new_tokens, 0)) as new_tokens,
+          round(sum(coalesce(gen_seconds, 0)), 3) as gen_seconds
+        from units group by sample_index""",
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial, m002_views, m003_same_as_gold]
 
 
 def migrate(db: sqlite_utils.Database) -> None:

@@ -6,7 +6,7 @@ from itertools import groupby, islice
 from typing import Iterable, Iterator
 
 from prefgen.errors import ChangedInput
-from prefgen.judge import RETRIED_STATUSES, WRITTEN
+from prefgen.judge import RETRIED_STATUSES, WRITTEN, dedup_key
 from prefgen.ledger import Ledger
 from prefgen.plan import WorkUnit, plan_units
 from prefgen.records import Record
@@ -42,13 +42,19 @@ def scan_records(records: Iterable[Record], ledger: Ledger) -> int:
 
 
 def pending_units(
-    records: Iterable[Record], ledger: Ledger, num_rejects: int, seed: int, kept: dict[int, set[str]]
+    records: Iterable[Record],
+    ledger: Ledger,
+    num_rejects: int,
+    seed: int,
+    kept: dict[int, set[str]],
+    dedup: str = "",
 ) -> Iterator[WorkUnit]:
-    """The units still to generate, in order; fills `kept` with each sample's written SQL."""
+    """The units still to generate, in order; fills `kept` with each sample's written SQL
+    (as dedup keys)."""
     for window in windows(records):
         known = ledger.units_between(window[0].index, window[-1].index)
         for sample, rows in groupby(sorted(known.items()), key=lambda item: item[0][0]):
-            written = {row["sql"] for _, row in rows if row["status"] == WRITTEN}
+            written = {dedup_key(row["sql"], dedup) for _, row in rows if row["status"] == WRITTEN}
             if written:
                 kept[sample] = written
         for unit in plan_units(window, num_rejects, seed):

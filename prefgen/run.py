@@ -219,7 +219,7 @@ class GenerateRun:
         engine = self.load(engine)
         self.batch_limit = self.choose_batch_size(engine)
         kept: dict[int, set[str]] = {}  # sample -> SQL already written, for --dedup-rejects
-        units = pending_units(self.records(), self.ledger, cfg.num_rejects, cfg.seed, kept)
+        units = pending_units(self.records(), self.ledger, cfg.num_rejects, cfg.seed, kept, cfg.dedup_rejects)
         planned = batches(
             units,
             lambda: self.batch_limit,

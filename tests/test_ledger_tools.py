@@ -147,7 +147,7 @@ def test_ledger_schema(partial_run):
     }
     assert db["units"].pks == ["sample_index", "reject_index"]
     assert set(db.view_names()) == {"progress", "sample_progress", "run_history"}
-    assert [r["name"] for r in db["_prefgen_migrations"].rows] == ["m001_initial", "m002_views"]
+    assert [r["name"] for r in db["_prefgen_migrations"].rows] == ["m001_initial", "m002_views", "m003_same_as_gold"]
 
 
 def test_status_while_a_run_writes_is_consistent_and_does_not_block(workdir, tiny_model, sample_data):
@@ -198,7 +198,7 @@ def test_config_file_flags_override_and_status_prints_it_back(workdir, tiny_mode
     assert "Generated 4 units; 4/4 done" in result.output
     runs = query(str(out) + ".ledger.sqlite", "select settings from runs")
     settings = orjson.loads(runs[0]["settings"])
-    assert settings["batch_size"] == 3 and settings["num_rejects"] == 2 and settings["dedup_rejects"] is True
+    assert settings["batch_size"] == 3 and settings["num_rejects"] == 2 and settings["dedup_rejects"] == "exact"
     printed = run_cli(["ledger", "status", str(out) + ".ledger.sqlite", "--as-config"]).output
     (workdir / "again.yaml").write_text(printed)
     assert "batch-size: 3\n" in printed
