@@ -248,6 +248,52 @@ def merge(output, world_size):
     click.echo(f"Merged {world_size} parts into {output}: {count} lines.")
 
 
+@cli.command()
+@click.argument("pairs", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["llamafactory", "sharegpt", "trl"]), required=True)
+@click.option("--to", "directory", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
+@click.option("--name", default="", help="Dataset name [default: the file's name before its first dot].")
+@click.option("--system", default=None, help="System prompt [default: the one the ledger's run used].")
+@friendly_errors
+def export(pairs, fmt, directory, name, system):
+    """Export a prefgen JSONL for LLaMA-Factory (alpaca or sharegpt) or TRL.
+
+    \b
+    Example:
+      prefgen export pairs.jsonl --format llamafactory --to LLaMA-Factory/data
+      prefgen export pairs.jsonl --format trl --to exports/
+    """
+    from prefgen.export import export_pairs
+
+    if system is None:
+        system = run_system_prompt(pairs)
+    summary = export_pairs(pairs, fmt, directory, name, system)
+    click.echo(f"Wrote {summary.written} pairs to {summary.path}")
+    if summary.dataset_info:
+        click.echo(f"Dataset entry {summary.path.stem!r} in {summary.dataset_info}")
+    for reason, count in sorted(summary.skipped.items()):
+        click.echo(f"Skipped {count} rows: {reason}", err=True)
+
+
+def run_system_prompt(pairs: str) -> str:
+    """The --system of the run that wrote `pairs`, read from its ledger if it is there."""
+    from pathlib import Path
+
+    import orjson
+
+    from prefgen.config import LEDGER_SUFFIX
+    from prefgen.ledger import Ledger
+
+    path = Path(pairs + LEDGER_SUFFIX)
+    if not path.exists():
+        return ""
+    ledger = Ledger(path, readonly=True)
+    try:
+        return orjson.loads(ledger.meta("fingerprint") or "{}").get("system", "")
+    finally:
+        ledger.close()
+
+
 @cli.group()
 def ledger():
     """Inspect a ledger."""

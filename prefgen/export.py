@@ -1,0 +1,144 @@
+"""`prefgen export`: turn a prefgen JSONL into the files LLaMA-Factory and TRL load.
+
+Formats:
+- `llamafactory`: alpaca-style pairs (`instruction`, `input`, `chosen`, `rejected`, plus
+  `system` when there is one) and a `dataset_info.json` entry with `"ranking": true`;
+- `sharegpt`: LLaMA-Factory's sharegpt preference format (`conversations`, `chosen`,
+  `rejected` messages) and its `dataset_info.json` entry;
+- `trl`: TRL's conversational preference format: `prompt` (the system and user turns, built
+  exactly as `prefgen generate` built them), `chosen` and `rejected` (one assistant turn each).
+
+LLaMA-Factory silently drops rows whose chosen or rejected is not a string; prefgen never
+writes such a row: it skips it, counts it and says why.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+
+from prefgen.errors import InputError
+from prefgen.prompts import chat_messages
+from prefgen.records import Record
+
+FORMATS = ("llamafactory", "sharegpt", "trl")
+
+
+@dataclass
+class ExportSummary:
+    """What an export wrote and what it skipped (reason -> count)."""
+
+    path: Path
+    written: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    dataset_info: Path | None = None
+
+
+def read_pairs(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, parsed line) of a JSONL file, streamed."""
+    try:
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                try:
+                    yield number, orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise InputError(f"{path}: line {number} is not JSON: {exc}") from exc
+
+
+def problem(pair: object) -> str | None:
+    """Why a pair cannot be exported, or None."""
+    if not isinstance(pair, dict):
+        return "not a JSON object"
+    for name in ("instruction", "chosen", "rejected"):
+        value = pair.get(name)
+        if not isinstance(value, str):
+            return f"{name} is {'missing' if value is None else 'not a string'}"
+        if not value.strip():
+            return f"{name} is empty"
+    if pair.get("input") is not None and not isinstance(pair["input"], str):
+        return "input is not a string"
+    return None
+
+
+def convert(pair: dict, fmt: str, system: str) -> dict:
+    """One exported row."""
+    record = Record(
+        index=0,
+        fields={"instruction": pair["instruction"], "input": pair.get("input") or "", "output": pair["chosen"]},
+        hash="",
+    )
+    if fmt == "trl":
+        return {
+            "prompt": chat_messages(record, system),
+            "chosen": [{"role": "assistant", "content": pair["chosen"]}],
+            "rejected": [{"role": "assistant", "content": pair["rejected"]}],
+        }
+    if fmt == "sharegpt":
+        row = {
+            "conversations": [{"from": "human", "value": chat_messages(record)[-1]["content"]}],
+            "chosen": {"from": "gpt", "value": pair["chosen"]},
+            "rejected": {"from": "gpt", "value": pair["rejected"]},
+        }
+    else:
+        row = {
+            "instruction": record.instruction,
+            "input": record.input,
+            "chosen": pair["chosen"],
+            "rejected": pair["rejected"],
+        }
+    if system:
+        row["system"] = system
+    return row
+
+
+def dataset_info_entry(fmt: str, file_name: str, system: bool) -> dict:
+    """The dataset_info.json entry LLaMA-Factory reads for this export."""
+    if fmt == "sharegpt":
+        columns = {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}
+        entry = {"file_name": file_name, "formatting": "sharegpt", "ranking": True, "columns": columns}
+    else:
+        columns = {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"}
+        entry = {"file_name": file_name, "ranking": True, "columns": columns}
+    if system:
+        columns["system"] = "system"
+    return entry
+
+
+def export_pairs(source: str, fmt: str, to: str, name: str = "", system: str = "") -> ExportSummary:
+    """Write `source` (a prefgen JSONL) in `fmt` into directory `to`."""
+    directory = Path(to)
+    directory.mkdir(parents=True, exist_ok=True)
+    name = name or Path(source).name.split(".")[0]
+    target = directory / f"{name}.jsonl"
+    summary = ExportSummary(target)
+    temp = target.with_name(target.name + ".tmp")
+    with open(temp, "wb") as handle:
+        for _, pair in read_pairs(Path(source)):
+            reason = problem(pair)
+            if reason:
+                summary.skipped[reason] += 1
+                continue
+            handle.write(orjson.dumps(convert(pair, fmt, system), option=orjson.OPT_APPEND_NEWLINE))
+            summary.written += 1
+    os.replace(temp, target)
+    if fmt in ("llamafactory", "sharegpt"):
+        summary.dataset_info = write_dataset_info(directory, name, dataset_info_entry(fmt, target.name, bool(system)))
+    return summary
+
+
+def write_dataset_info(directory: Path, name: str, entry: dict) -> Path:
+    """Add (or replace) this dataset's entry in DIR/dataset_info.json, keeping the others."""
+    path = directory / "dataset_info.json"
+    info = orjson.loads(path.read_bytes()) if path.exists() else {}
+    info[name] = entry
+    path.write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2))
+    return path
