@@ -294,6 +294,38 @@ def run_system_prompt(pairs: str) -> str:
         ledger.close()
 
 
+@cli.command()
+@click.argument("pairs", type=click.Path(dir_okay=False))
+@click.option("--db-root", required=True, type=click.Path(file_okay=False), help="DIR/<db_id>/<db_id>.sqlite")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="JSONL of the kept pairs.")
+@click.option("--db-field", default="db_id", show_default=True, help="Field holding the database id.")
+@click.option(
+    "--equivalence",
+    type=click.Choice(["lenient", "multiset", "ordered"]),
+    default="lenient",
+    show_default=True,
+    help="Drop rejects equal to the gold under this comparison.",
+)
+@click.option("--drop-timeout", is_flag=True, help="Drop rejects that ran out of time (kept by default).")
+@click.option("--drop-unverifiable", is_flag=True, help="Drop pairs that cannot be judged (kept by default).")
+@click.option("--time-limit", type=float, default=5.0, show_default=True, help="Seconds per query.")
+@click.option("--max-rows", type=int, default=100_000, show_default=True, help="Rows fetched per query.")
+@friendly_errors
+def verify(pairs, output, drop_timeout, drop_unverifiable, **options):
+    """Judge an existing preference file by executing gold and rejected SQL.
+
+    \b
+    Example:
+      prefgen verify pairs.jsonl --db-root spider/database --output verified.jsonl
+    """
+    from prefgen.verify import VerifyPolicy, format_summary, verify_file
+
+    policy = VerifyPolicy(keep_timeout=not drop_timeout, keep_unverifiable=not drop_unverifiable, **options)
+    summary = verify_file(pairs, output, policy)
+    click.echo(format_summary(summary))
+    click.echo(f"Kept pairs written to {output}")
+
+
 @cli.group()
 def ledger():
     """Inspect a ledger."""

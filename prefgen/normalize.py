@@ -13,6 +13,9 @@ from __future__ import annotations
 import re
 
 _PLAIN = re.compile(r"[a-z_][a-z0-9_]*\Z")
+# SQLite folds the case of ASCII letters only: `Sänger` and `sänger` are the same table, but
+# `SÄNGER` is another one.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 def collapse(sql: str) -> str:
@@ -34,7 +37,7 @@ def normalize_sql(sql: str) -> str:
     tree = statements[0]
     renames = _alias_names(tree, exp)
     for ident in list(tree.find_all(exp.Identifier)):
-        key = ident.name.lower()
+        key = ident.name.translate(_ASCII_LOWER)
         if key in renames and _is_alias_reference(ident, exp):
             ident.replace(exp.Identifier(this=renames[key], quoted=False))
         elif not ident.quoted:
@@ -50,14 +53,15 @@ def _alias_names(tree, exp) -> dict[str, str]:
     tables = columns = 0
     for node in tree.find_all(exp.TableAlias, exp.Alias, bfs=False):
         ident = node.args.get("this") if isinstance(node, exp.TableAlias) else node.args.get("alias")
-        if not isinstance(ident, exp.Identifier) or ident.name.lower() in renames:
+        key = ident.name.translate(_ASCII_LOWER) if isinstance(ident, exp.Identifier) else None
+        if key is None or key in renames:
             continue
         if isinstance(node, exp.TableAlias):
             tables += 1
-            renames[ident.name.lower()] = f"t{tables}"
+            renames[key] = f"t{tables}"
         else:
             columns += 1
-            renames[ident.name.lower()] = f"c{columns}"
+            renames[key] = f"c{columns}"
     return renames
 
 

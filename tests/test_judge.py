@@ -19,12 +19,14 @@ SAME = [
     ),
     ('SELECT name FROM t WHERE c = "United"', 'SELECT  name FROM t WHERE c = "United";'),
     ("SELEC garbage((", "SELEC   garbage((;"),
+    ("SELECT Name FROM Sänger", "select name from sänger"),
 ]
 DIFFERENT = [
     ("SELECT name FROM t WHERE c = 'United'", "SELECT name FROM t WHERE c = 'united'"),
     ('SELECT name FROM t WHERE c = "United"', 'SELECT name FROM t WHERE c = "united"'),
     ("SELECT name FROM t", "SELECT DISTINCT name FROM t"),
     ("SELECT name FROM t ORDER BY age", "SELECT name FROM t ORDER BY age DESC"),
+    ("SELECT name FROM sänger", "SELECT name FROM SÄNGER"),  # SQLite folds ASCII letters only
 ]
 
 
