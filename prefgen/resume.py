@@ -20,23 +20,30 @@ def windows(records: Iterable[Record]) -> Iterator[list[Record]]:
         yield window
 
 
-def check_unchanged(record: Record, known: dict[tuple[int, int], dict]) -> None:
-    """Refuse a record whose content differs from what the ledger recorded for it."""
+def recorded_hashes(known: dict[tuple[int, int], dict]) -> dict[int, set[str]]:
+    """sample -> the record hashes its units were generated from."""
+    hashes: dict[int, set[str]] = {}
     for (sample, _), row in known.items():
-        if sample == record.index and row["record_hash"] != record.hash:
-            raise ChangedInput(
-                f"record {record.index} of the data file has changed since the ledger recorded it",
-                hint="restore the original data file; records may only be appended at its end",
-            )
+        hashes.setdefault(sample, set()).add(row["record_hash"])
+    return hashes
+
+
+def check_unchanged(record: Record, hashes: dict[int, set[str]]) -> None:
+    """Refuse a record whose content differs from what the ledger recorded for it."""
+    if hashes.get(record.index, {record.hash}) != {record.hash}:
+        raise ChangedInput(
+            f"record {record.index} of the data file has changed since the ledger recorded it",
+            hint="restore the original data file; records may only be appended at its end",
+        )
 
 
 def scan_records(records: Iterable[Record], ledger: Ledger) -> int:
     """Validate and count the records, checking each one the ledger knows; return the count."""
     count = 0
     for window in windows(records):
-        known = ledger.units_between(window[0].index, window[-1].index)
+        hashes = recorded_hashes(ledger.units_between(window[0].index, window[-1].index))
         for record in window:
-            check_unchanged(record, known)
+            check_unchanged(record, hashes)
         count += len(window)
     return count
 
@@ -53,6 +60,7 @@ def pending_units(
     (as dedup keys)."""
     for window in windows(records):
         known = ledger.units_between(window[0].index, window[-1].index)
+        hashes = recorded_hashes(known)
         for sample, rows in groupby(sorted(known.items()), key=lambda item: item[0][0]):
             written = {dedup_key(row["sql"], dedup) for _, row in rows if row["status"] == WRITTEN}
             if written:
@@ -60,5 +68,5 @@ def pending_units(
         for unit in plan_units(window, num_rejects, seed):
             row = known.get(unit.key)
             if row is None or row["status"] in RETRIED_STATUSES:
-                check_unchanged(unit.record, known)
+                check_unchanged(unit.record, hashes)
                 yield unit
