@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
+import threading
 
 import click
 
@@ -39,6 +41,12 @@ def friendly_errors(command):
         except Interrupted as exc:
             click.echo(f"Stopped: {exc}", err=True)
             click.echo("Run the same command again to resume where it stopped.", err=True)
+            if exc.immediate and threading.active_count() > 1:
+                # A batch may still be generating in another thread: everything committed is
+                # safe on disk, so leave at once rather than wait for it.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(exc.exit_code)
             sys.exit(exc.exit_code)
         except PrefgenError as exc:
             message = f"{exc}\nHint: {exc.hint}" if exc.hint else str(exc)

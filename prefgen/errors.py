@@ -48,6 +48,7 @@ class OutOfMemory(PrefgenError):
 class Interrupted(PrefgenError):
     """The run stopped at a batch boundary after a signal."""
 
-    def __init__(self, message: str, hint: str = "", exit_code: int = 130):
+    def __init__(self, message: str, hint: str = "", exit_code: int = 130, immediate: bool = False):
         super().__init__(message, hint)
         self.exit_code = exit_code
+        self.immediate = immediate  # a second signal: generation may still be running; exit now

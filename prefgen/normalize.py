@@ -10,7 +10,12 @@ identifiers). A query sqlglot cannot parse falls back to its whitespace-collapse
 
 from __future__ import annotations
 
+import logging
 import re
+
+# sqlglot warns on stderr for every query it reads as an opaque command; model output is full
+# of those, and the fallback is what prefgen wants anyway.
+logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 _PLAIN = re.compile(r"[a-z_][a-z0-9_]*\Z")
 # SQLite folds the case of ASCII letters only: `Sänger` and `sänger` are the same table, but

@@ -9,6 +9,8 @@ import contextlib
 import logging
 import os
 import signal
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -81,7 +83,7 @@ class StopSignals:
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if self.received is not None:
-            raise Interrupted(f"stopped at once by a second {name}", exit_code=EXIT_CODES[signum])
+            raise Interrupted(f"stopped at once by a second {name}", exit_code=EXIT_CODES[signum], immediate=True)
         self.received = signum
         log.warning("%s received: stopping after the batch in flight is committed (again to stop now)", name)
 
@@ -122,10 +124,13 @@ def progress_bar(total: int, initial: int, enabled: bool) -> Iterator:
         yield bar
 
 
-def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True, engine=None) -> Summary:
+def generate(
+    cfg: GenerateConfig, argv: list[str], show_progress: bool = True, engine=None, overlap: bool = True
+) -> Summary:
     """Run (or resume) generation as `cfg` asks. Library errors are PrefgenError subclasses.
 
-    `engine` is an already loaded Engine to use instead of loading the model (benchmarks).
+    `engine` is an already loaded Engine to use instead of loading the model, and `overlap`
+    False commits each batch before the next one starts generating (both for benchmarks).
     """
     output, ledger_path = cfg.output_path, cfg.ledger_path
     check_writable(output, "--output")
@@ -134,7 +139,9 @@ def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True, e
         ledger = Ledger(ledger_path)
         try:
             fault_point("after_ledger_open")
-            return GenerateRun(cfg, ledger, stop, show_progress).execute(argv, engine)
+            run = GenerateRun(cfg, ledger, stop, show_progress)
+            run.overlap = overlap
+            return run.execute(argv, engine)
         finally:
             ledger.close()
 
@@ -147,6 +154,7 @@ class GenerateRun:
         self.journal = OutputJournal(ledger, cfg.output_path)
         self.run_id = 0
         self.batch_limit = 1
+        self.overlap = True  # False: judge and commit only after generation (benchmark comparison)
 
     def records(self):
         cfg = self.cfg
@@ -215,11 +223,13 @@ class GenerateRun:
         return rows
 
     def run_batches(self, summary: Summary, engine=None) -> int:
+        """Generate batch after batch; while one batch generates (in a background thread), the
+        previous one is judged, written and committed here, in order."""
         cfg = self.cfg
         engine = self.load(engine)
         self.batch_limit = self.choose_batch_size(engine)
-        kept: dict[int, set[str]] = {}  # sample -> SQL already written, for --dedup-rejects
-        units = pending_units(self.records(), self.ledger, cfg.num_rejects, cfg.seed, kept, cfg.dedup_rejects)
+        self.kept: dict[int, set[str]] = {}  # sample -> SQL already written, for --dedup-rejects
+        units = pending_units(self.records(), self.ledger, cfg.num_rejects, cfg.seed, self.kept, cfg.dedup_rejects)
         planned = batches(
             units,
             lambda: self.batch_limit,
@@ -228,16 +238,75 @@ class GenerateRun:
             engine.prompt_length,
             cfg.max_new_tokens,
         )
-        done = 0
-        with progress_bar(summary.total_units, summary.done_before, self.show_progress) as bar:
-            for batch in planned:
-                fault_point("before_generate")
-                answers = generate_with_backoff(engine, batch, self.on_backoff)
-                self.journal.commit(self.run_id, judge_batch(batch, answers, kept, cfg.dedup_rejects))
-                done += len(batch)
-                bar.update(len(batch))
-                first = window_start(batch[0].sample_index, cfg.lookahead)
-                for sample in [s for s in kept if s < first]:
-                    del kept[sample]  # samples of finished windows: keeps memory bounded
-                self.stop.check()
-        return done
+        self.done, self.in_flight = 0, None
+        try:
+            with progress_bar(summary.total_units, summary.done_before, self.show_progress) as self.bar:
+                for batch in planned:
+                    self.step(engine, batch)
+                self.settle()
+        except Interrupted as exc:
+            if not exc.immediate:
+                wait_quietly(self.in_flight)
+            raise
+        except BaseException:
+            wait_quietly(self.in_flight)  # never leave torch running in a thread at exit
+            raise
+        return self.done
+
+    def step(self, engine, batch: list) -> None:
+        """Start generating `batch`; while it generates, commit the batch before it."""
+        fault_point("before_generate")
+        previous, self.in_flight = self.in_flight, (batch, generate_in_background(engine, batch))
+        if previous:
+            self.finish(*previous)
+        if not self.overlap or self.stop.received is not None:
+            self.settle()  # a stop waits for the batch in flight and commits it first
+            self.stop.check()
+
+    def settle(self) -> None:
+        """Commit the batch in flight, if any."""
+        if self.in_flight:
+            in_flight, self.in_flight = self.in_flight, None
+            self.finish(*in_flight)
+
+    def finish(self, batch: list, future: Future) -> None:
+        """Wait for a batch's answers, then judge, write and commit it."""
+        answers, backoffs = future.result()
+        for rows, half in backoffs:
+            self.on_backoff(rows, half)
+        self.journal.commit(self.run_id, judge_batch(batch, answers, self.kept, self.cfg.dedup_rejects))
+        self.done += len(batch)
+        self.bar.update(len(batch))
+        first = window_start(batch[0].sample_index, self.cfg.lookahead)
+        for sample in [s for s in self.kept if s < first]:
+            del self.kept[sample]  # samples of finished windows: keeps memory bounded
+
+
+def wait_quietly(in_flight) -> None:
+    """Let a batch still generating finish (its result is dropped: nothing was committed)."""
+    if in_flight is not None:
+        try:
+            in_flight[1].result()
+        except BaseException:
+            pass
+
+
+def generate_in_background(engine, batch: list) -> Future:
+    """Generate a batch in a daemon thread (torch releases the GIL while it computes).
+
+    The result is (answers, [(rows, retry_rows) of each OOM backoff]). A daemon thread never
+    holds the process up when a second signal stops it at once.
+    """
+    future: Future = Future()
+
+    def work() -> None:
+        backoffs: list[tuple[int, int]] = []
+        try:
+            answers = generate_with_backoff(engine, batch, lambda rows, half: backoffs.append((rows, half)))
+        except BaseException as exc:  # handed to the main thread, which raises it
+            future.set_exception(exc)
+        else:
+            future.set_result((answers, backoffs))
+
+    threading.Thread(target=work, name="prefgen-generate", daemon=True).start()
+    return future
