@@ -158,6 +158,11 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--device", default="cuda", show_default=True, help="cuda, cuda:N or cpu.")
 @click.option("--system", default="", help="Optional system prompt.")
 @click.option(
+    "--overlap/--no-overlap",
+    default=None,
+    help="Judge and commit a batch while the next one generates [default: on for CUDA, off on CPU].",
+)
+@click.option(
     "--rank",
     type=int,
     default=0,

@@ -71,6 +71,7 @@ class GenerateConfig:
     system: str = ""
     rank: int = 0
     world_size: int = 1
+    overlap: bool | None = None  # commit while the next batch generates; None: on for CUDA only
 
     def __post_init__(self):
         check_num_rejects(self.num_rejects)

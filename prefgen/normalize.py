@@ -10,6 +10,7 @@ identifiers). A query sqlglot cannot parse falls back to its whitespace-collapse
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 
@@ -28,6 +29,7 @@ def collapse(sql: str) -> str:
     return " ".join(sql.split()).rstrip(";").rstrip()
 
 
+@functools.lru_cache(maxsize=8192)  # a gold query is compared with each of its rejects
 def normalize_sql(sql: str) -> str:
     """A canonical form of `sql` (see the module docstring)."""
     import sqlglot

@@ -154,7 +154,7 @@ def test_status_while_a_run_writes_is_consistent_and_does_not_block(workdir, tin
     out = workdir / "pairs.jsonl"
     ledger = str(out) + ".ledger.sqlite"
     process = start(
-        generate_args(tiny_model, sample_data, out, num_rejects=2, max_samples=6, batch_size=2),
+        generate_args(tiny_model, sample_data, out, num_rejects=2, max_samples=6, batch_size=2, overlap=True),
         fault="before_generate:sleep@4",  # batches 1 and 2 committed, batch 3 generating, then a pause
     )
     try:

@@ -64,7 +64,8 @@ def reference(workdir, tiny_model, sample_data):
     return make
 
 
-FLAGS = dict(num_rejects=3, max_samples=6, batch_size=4, max_new_tokens=12, dedup_rejects=True)
+# --overlap: the path GPUs take (commit while the next batch generates), the riskier one
+FLAGS = dict(num_rejects=3, max_samples=6, batch_size=4, max_new_tokens=12, dedup_rejects=True, overlap=True)
 
 
 @pytest.mark.parametrize(
@@ -79,9 +80,11 @@ FLAGS = dict(num_rejects=3, max_samples=6, batch_size=4, max_new_tokens=12, dedu
         "after_commit@2",
     ],
 )
-def test_kill_at_each_fault_point_then_resume(workdir, tiny_model, sample_data, reference, point):
+@pytest.mark.parametrize("overlap", [True, False])
+def test_kill_at_each_fault_point_then_resume(workdir, tiny_model, sample_data, reference, point, overlap):
+    flags = {**FLAGS, "overlap": overlap}
     out = workdir / "pairs.jsonl"
-    args = generate_args(tiny_model, sample_data, out, **FLAGS)
+    args = generate_args(tiny_model, sample_data, out, **flags)
     name, _, nth = point.partition("@")
     code, _ = run(args, fault=f"{name}:kill" + (f"@{nth}" if nth else ""))
     assert code == -signal.SIGKILL
@@ -91,7 +94,7 @@ def test_kill_at_each_fault_point_then_resume(workdir, tiny_model, sample_data, 
     assert code == 0, output
     if name in ("mid_jsonl_write", "after_jsonl_write"):
         assert "discarding" in output and "uncommitted bytes" in output
-    assert out.read_bytes() == reference(**FLAGS)
+    assert out.read_bytes() == reference(**flags)
     assert_ledger_agrees_with_file(out)
 
 
@@ -113,7 +116,7 @@ def test_chaos_kill_9_at_random_moments(workdir, tiny_model, sample_data, refere
 
     seed = int(os.environ.get("PREFGEN_CHAOS_SEED", time.time_ns() % 100_000))
     rng = random.Random(seed)
-    flags = dict(num_rejects=3, max_samples=0, batch_size=2, max_new_tokens=24, dedup_rejects=True)
+    flags = dict(num_rejects=3, max_samples=0, batch_size=2, max_new_tokens=24, dedup_rejects=True, overlap=True)
     out = workdir / "pairs.jsonl"
     args = generate_args(tiny_model, sample_data, out, **flags)
     faults = [
