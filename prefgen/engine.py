@@ -184,19 +184,28 @@ class Engine:
 
     def generate(self, units: list[WorkUnit]) -> list[Answer]:
         """Generate one answer per unit; raises OutOfMemory when the batch does not fit."""
+        rows = [self.prompt_ids(u) for u in units]
+        tokens, seconds = self.generate_tokens(units, rows)
+        return [self.answer(row, new, seconds) for row, new in zip(rows, tokens, strict=True)]
+
+    def generate_tokens(self, units: list[WorkUnit], rows: list[list[int]]) -> tuple[list[list[int]], float]:
+        """The new tokens of each unit, given its prompt's token ids, and the seconds per unit.
+
+        Pure torch work, no tokenizer: safe to run in a thread while the main thread tokenizes
+        (a fast tokenizer must not be used from two threads at once).
+        """
         import torch
 
         started = time.perf_counter()
         try:
             fault_point("generate", rows=len(units))
             with torch.inference_mode():
-                tokens = self._decode(units)
+                tokens = self._decode(units, rows)
         except torch.cuda.OutOfMemoryError as exc:
             raise OutOfMemory(f"CUDA out of memory with {len(units)} rows: {exc}") from exc
-        seconds = (time.perf_counter() - started) / len(units)
-        return [self._answer(self.prompt_ids(u), new, seconds) for u, new in zip(units, tokens, strict=False)]
+        return tokens, (time.perf_counter() - started) / len(units)
 
-    def _decode(self, units: list[WorkUnit]) -> list[list[int]]:
+    def _decode(self, units: list[WorkUnit], rows: list[list[int]]) -> list[list[int]]:
         """Prefill each distinct prompt once, then decode every row with its own seed.
 
         Rows that have produced an end-of-sequence token leave the batch (and the KV cache),
@@ -208,8 +217,8 @@ class Engine:
         from prefgen.sampling import choose_tokens
 
         samples = list(dict.fromkeys(u.sample_index for u in units))
-        first = {u.sample_index: u for u in reversed(units)}
-        ids, mask = self._pad([self.prompt_ids(first[s]) for s in samples])
+        prompt_of = {u.sample_index: row for u, row in zip(units, rows, strict=True)}
+        ids, mask = self._pad([prompt_of[s] for s in samples])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         cache.layers = [reserved_layer(self.cfg.max_new_tokens) for _ in cache.layers]
@@ -261,7 +270,10 @@ class Engine:
             logits = out.logits[:, -1, :]
         return generated
 
-    def _answer(self, prompt: list[int], new: list[int], seconds: float) -> Answer:
+    def answer(self, prompt: list[int], new: list[int] | None, seconds: float) -> Answer:
+        """Decode one unit's new tokens (None: the unit did not fit in memory alone)."""
+        if new is None:
+            return Answer("", len(prompt), 0, 0.0, oom=True)
         cut = next((i for i, t in enumerate(new) if t in self.eos_ids), None)
         kept = new if cut is None else new[:cut]
         text = self.tokenizer.decode(kept, skip_special_tokens=True)
@@ -296,10 +308,6 @@ class Engine:
                 self.model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True)
         except torch.cuda.OutOfMemoryError as exc:
             raise OutOfMemory(f"CUDA out of memory probing {rows} rows") from exc
-
-    def oom_answer(self, unit: WorkUnit) -> Answer:
-        """The answer of a unit that does not fit in memory alone."""
-        return Answer("", len(self.prompt_ids(unit)), 0, 0.0, oom=True)
 
     def free_memory(self) -> None:
         """Release cached device memory after an out-of-memory error."""

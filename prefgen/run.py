@@ -93,19 +93,20 @@ class StopSignals:
             raise Interrupted(f"stopped by {name} after committing", exit_code=EXIT_CODES[self.received])
 
 
-def generate_with_backoff(engine, units, on_backoff) -> list:
-    """Generate a batch; on out-of-memory, halve it and retry, down to single rows."""
+def generate_with_backoff(engine, units: list, rows: list, on_backoff) -> list[tuple]:
+    """(new tokens or None, seconds) per unit; on out-of-memory, halve the batch and retry,
+    down to single rows (None: the unit does not fit alone)."""
     try:
-        return engine.generate(units)
+        tokens, seconds = engine.generate_tokens(units, rows)
+        return [(new, seconds) for new in tokens]
     except OutOfMemory:
         engine.free_memory()
         if len(units) == 1:
-            return [engine.oom_answer(units[0])]
+            return [(None, 0.0)]
         half = (len(units) + 1) // 2
         on_backoff(len(units), half)
-        return generate_with_backoff(engine, units[:half], on_backoff) + generate_with_backoff(
-            engine, units[half:], on_backoff
-        )
+        first = generate_with_backoff(engine, units[:half], rows[:half], on_backoff)
+        return first + generate_with_backoff(engine, units[half:], rows[half:], on_backoff)
 
 
 @contextlib.contextmanager
@@ -150,6 +151,7 @@ class GenerateRun:
         self.run_id = 0
         self.batch_limit = 1
         self.overlap = False
+        self.engine = None
 
     def records(self):
         cfg = self.cfg
@@ -221,7 +223,7 @@ class GenerateRun:
         """Generate batch after batch; while one batch generates (in a background thread), the
         previous one is judged, written and committed here, in order."""
         cfg = self.cfg
-        engine = self.load(engine)
+        self.engine = engine = self.load(engine)
         self.batch_limit = self.choose_batch_size(engine)
         # Measured on CPU, overlapping only makes generation and commits share the cores
         # (docs/benchmarks.md); on a GPU the generating thread waits on the device.
@@ -268,10 +270,11 @@ class GenerateRun:
             self.finish(*in_flight)
 
     def finish(self, batch: list, future: Future) -> None:
-        """Wait for a batch's answers, then judge, write and commit it."""
-        answers, backoffs = future.result()
-        for rows, half in backoffs:
-            self.on_backoff(rows, half)
+        """Wait for a batch's tokens, then decode, judge, write and commit it."""
+        rows, results, backoffs = future.result()
+        for count, half in backoffs:
+            self.on_backoff(count, half)
+        answers = [self.engine.answer(row, new, seconds) for row, (new, seconds) in zip(rows, results, strict=True)]
         self.journal.commit(self.run_id, judge_batch(batch, answers, self.kept, self.cfg.dedup_rejects))
         self.done += len(batch)
         self.bar.update(len(batch))
@@ -292,19 +295,22 @@ def wait_quietly(in_flight) -> None:
 def generate_in_background(engine, batch: list) -> Future:
     """Generate a batch in a daemon thread (torch releases the GIL while it computes).
 
-    The result is (answers, [(rows, retry_rows) of each OOM backoff]). A daemon thread never
-    holds the process up when a second signal stops it at once.
+    Prompts are tokenized here, in the calling thread, and answers decoded there later: the
+    thread only runs torch. The result is (prompt rows, [(tokens, seconds)], [(rows,
+    retry_rows) of each OOM backoff]). A daemon thread never holds the process up when a
+    second signal stops it at once.
     """
     future: Future = Future()
+    rows = [engine.prompt_ids(unit) for unit in batch]
 
     def work() -> None:
         backoffs: list[tuple[int, int]] = []
         try:
-            answers = generate_with_backoff(engine, batch, lambda rows, half: backoffs.append((rows, half)))
+            results = generate_with_backoff(engine, batch, rows, lambda count, half: backoffs.append((count, half)))
         except BaseException as exc:  # handed to the main thread, which raises it
             future.set_exception(exc)
         else:
-            future.set_result((answers, backoffs))
+            future.set_result((rows, results, backoffs))
 
     threading.Thread(target=work, name="prefgen-generate", daemon=True).start()
     return future
