@@ -105,6 +105,27 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
     return value
 
 
+def check_options(command):
+    """The flags that turn execution verdicts into keep / drop, shared by generate and verify."""
+    options = [
+        click.option("--db-field", default="db_id", show_default=True, help="Record field holding the database id."),
+        click.option(
+            "--equivalence",
+            type=click.Choice(["lenient", "multiset", "ordered"]),
+            default="lenient",
+            show_default=True,
+            help="Drop rejects whose result equals the gold's under this comparison.",
+        ),
+        click.option("--drop-timeout", is_flag=True, help="Drop rejects that ran out of time (kept by default)."),
+        click.option("--drop-unverifiable", is_flag=True, help="Drop rejects that cannot be judged (kept by default)."),
+        click.option("--time-limit", type=float, default=5.0, show_default=True, help="Seconds per query."),
+        click.option("--max-rows", type=int, default=100_000, show_default=True, help="Rows fetched per query."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.option(
     "--config",
@@ -177,6 +198,23 @@ def load_config(ctx: click.Context, param: click.Parameter, value: str | None) -
     envvar="WORLD_SIZE",
     show_default=True,
     help="Number of processes sharing the run (set by torchrun).",
+)
+@click.option(
+    "--max-attempts",
+    type=int,
+    default=0,
+    help="Keep sampling a sample until it has --num-rejects kept rejects or this many attempts "
+    "[default: --num-rejects, i.e. no further attempts].",
+)
+@click.option(
+    "--db-root",
+    default="",
+    help="Execute gold and rejects against DIR/<db_id>/<db_id>.sqlite and keep only rejects "
+    "with a different result (verdict in the ledger and the JSONL).",
+)
+@check_options
+@click.option(
+    "--exec-workers", type=int, default=0, help="Processes executing SQL for --db-root [default: min(4, cores/2)]."
 )
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @friendly_errors
@@ -311,18 +349,7 @@ def run_system_prompt(pairs: str) -> str:
 @click.argument("pairs", type=click.Path(dir_okay=False))
 @click.option("--db-root", required=True, type=click.Path(file_okay=False), help="DIR/<db_id>/<db_id>.sqlite")
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="JSONL of the kept pairs.")
-@click.option("--db-field", default="db_id", show_default=True, help="Field holding the database id.")
-@click.option(
-    "--equivalence",
-    type=click.Choice(["lenient", "multiset", "ordered"]),
-    default="lenient",
-    show_default=True,
-    help="Drop rejects equal to the gold under this comparison.",
-)
-@click.option("--drop-timeout", is_flag=True, help="Drop rejects that ran out of time (kept by default).")
-@click.option("--drop-unverifiable", is_flag=True, help="Drop pairs that cannot be judged (kept by default).")
-@click.option("--time-limit", type=float, default=5.0, show_default=True, help="Seconds per query.")
-@click.option("--max-rows", type=int, default=100_000, show_default=True, help="Rows fetched per query.")
+@check_options
 @friendly_errors
 def verify(pairs, output, drop_timeout, drop_unverifiable, **options):
     """Judge an existing preference file by executing gold and rejected SQL.
@@ -331,9 +358,10 @@ def verify(pairs, output, drop_timeout, drop_unverifiable, **options):
     Example:
       prefgen verify pairs.jsonl --db-root spider/database --output verified.jsonl
     """
-    from prefgen.verify import VerifyPolicy, format_summary, verify_file
+    from prefgen.checker import CheckPolicy
+    from prefgen.verify import format_summary, verify_file
 
-    policy = VerifyPolicy(keep_timeout=not drop_timeout, keep_unverifiable=not drop_unverifiable, **options)
+    policy = CheckPolicy(keep_timeout=not drop_timeout, keep_unverifiable=not drop_unverifiable, **options)
     summary = verify_file(pairs, output, policy)
     click.echo(format_summary(summary))
     click.echo(f"Kept pairs written to {output}")

@@ -37,12 +37,14 @@ def output_line(item: Judged) -> bytes:
     line = {"instruction": record.instruction, "input": record.input, "chosen": record.output, "rejected": item.sql}
     line.update((k, v) for k, v in record.fields.items() if k not in _OWN_FIELDS and k not in line)
     line.update(sample_index=item.unit.sample_index, reject_index=item.unit.reject_index, seed=item.unit.seed)
+    if item.verdict is not None:
+        line.update(verdict=item.verdict.verdict, verdict_detail=item.verdict.detail)
     return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def unit_row(item: Judged) -> dict:
     """The ledger row of a judged unit (without its line position)."""
-    answer = item.answer
+    answer, verdict = item.answer, item.verdict
     return {
         "sample_index": item.unit.sample_index,
         "reject_index": item.unit.reject_index,
@@ -55,6 +57,10 @@ def unit_row(item: Judged) -> dict:
         "prompt_tokens": answer.prompt_tokens,
         "new_tokens": answer.new_tokens,
         "gen_seconds": answer.seconds,
+        "verdict": verdict and verdict.verdict,
+        "verdict_detail": verdict and verdict.detail,
+        "multiset_differs": verdict and int(verdict.multiset_differs),
+        "order_differs": verdict and int(verdict.order_differs),
         "line_offset": None,
         "line_length": None,
         "line": None,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefgen.errors import ConfigError
-from prefgen.plan import check_num_rejects
+from prefgen.plan import MAX_REJECTS, check_num_rejects
 
 LEDGER_SUFFIX = ".ledger.sqlite"
 
@@ -27,6 +27,8 @@ FINGERPRINT_FIELDS = (
     "rank",
     "world_size",
 )
+# Added later: in the fingerprint only when used, so that older ledgers still resume.
+CHECK_FIELDS = ("db_root", "db_field", "equivalence", "drop_timeout", "drop_unverifiable", "time_limit", "max_rows")
 
 
 def looks_local(ref: str) -> bool:
@@ -72,6 +74,15 @@ class GenerateConfig:
     rank: int = 0
     world_size: int = 1
     overlap: bool | None = None  # commit while the next batch generates; None: on for CUDA only
+    max_attempts: int = 0  # attempts per sample to reach num_rejects kept rejects; 0: num_rejects
+    db_root: str = ""  # execute gold and rejects against DIR/<db_id>/<db_id>.sqlite; "": do not
+    db_field: str = "db_id"
+    equivalence: str = "lenient"
+    drop_timeout: bool = False
+    drop_unverifiable: bool = False
+    time_limit: float = 5.0
+    max_rows: int = 100_000
+    exec_workers: int = 0  # processes executing SQL; 0: min(4, cores / 2)
 
     def __post_init__(self):
         check_num_rejects(self.num_rejects)
@@ -95,6 +106,35 @@ class GenerateConfig:
             raise ConfigError(f"--rank must be in [0, --world-size), not {self.rank} of {self.world_size}")
         if self.max_samples < 0:
             raise ConfigError(f"--max-samples must be 0 (all) or more, not {self.max_samples}")
+        if self.max_attempts and not self.num_rejects <= self.max_attempts < MAX_REJECTS:
+            raise ConfigError(
+                f"--max-attempts must be between --num-rejects ({self.num_rejects}) and {MAX_REJECTS - 1},"
+                f" not {self.max_attempts}",
+                hint=f"attempt seeds are seed + sample_index*{MAX_REJECTS} + attempt, so more would collide",
+            )
+        if self.exec_workers < 0:
+            raise ConfigError(f"--exec-workers must be 0 (automatic) or more, not {self.exec_workers}")
+
+    @property
+    def attempts(self) -> int:
+        """The most units one sample may use (--max-attempts, by default --num-rejects)."""
+        return self.max_attempts or self.num_rejects
+
+    def check_policy(self):
+        """The execution-verdict policy of --db-root, or None without it."""
+        if not self.db_root:
+            return None
+        from prefgen.checker import CheckPolicy
+
+        return CheckPolicy(
+            self.db_root,
+            self.db_field,
+            self.equivalence,
+            keep_timeout=not self.drop_timeout,
+            keep_unverifiable=not self.drop_unverifiable,
+            time_limit=float(self.time_limit),
+            max_rows=self.max_rows,
+        )
 
     @property
     def output_path(self) -> Path:
@@ -115,6 +155,12 @@ class GenerateConfig:
         values["sft_data"] = str(Path(self.sft_data).expanduser().resolve())
         values["temperature"] = float(self.temperature)
         values["top_p"] = float(self.top_p)
+        if self.attempts != self.num_rejects:
+            values["max_attempts"] = self.attempts
+        if self.db_root:
+            values.update({name: getattr(self, name) for name in CHECK_FIELDS})
+            values["db_root"] = str(Path(self.db_root).expanduser().resolve())
+            values["time_limit"] = float(self.time_limit)
         return values
 
     def settings(self) -> dict:

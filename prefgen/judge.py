@@ -2,28 +2,35 @@
 
 Statuses: `written` (a line in the JSONL), `same_as_gold` (the gold query, up to layout),
 `duplicate` (same SQL as an earlier kept reject of the same sample, with --dedup-rejects),
-`no_sql` (nothing usable in the answer). Units that could not be generated are `oom` or
-`error` and are retried by the next run.
+`no_sql` (nothing usable in the answer), and with --db-root `dropped` (the execution verdict
+says no evaluator would call it wrong: see checker.py and verdict.py). Units that could not be
+generated are `oom` or `error` and are retried by the next run.
+
+Duplicates are judged against the earlier candidates of the sample (written or dropped):
+the same SQL gets the same verdict, so it is not executed twice.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prefgen.engine import Answer
 from prefgen.extract import extract_sql
 from prefgen.normalize import normalize_sql
 from prefgen.plan import WorkUnit
+from prefgen.verdict import Verdict
 
 WRITTEN = "written"
 SAME_AS_GOLD = "same_as_gold"
 DUPLICATE = "duplicate"
 NO_SQL = "no_sql"
+DROPPED = "dropped"
 OOM = "oom"
 ERROR = "error"
 RETRY = "retry"
 
-STATUSES = (WRITTEN, SAME_AS_GOLD, DUPLICATE, NO_SQL, OOM, ERROR, RETRY)
+STATUSES = (WRITTEN, SAME_AS_GOLD, DUPLICATE, NO_SQL, DROPPED, OOM, ERROR, RETRY)
+CANDIDATE_STATUSES = (WRITTEN, DROPPED)  # rejects that later ones are deduplicated against
 DEDUP_MODES = ("", "exact", "sql")  # off; identical text; identical after normalize_sql
 RETRIED_STATUSES = (OOM, ERROR, RETRY)  # a later run generates these units again
 
@@ -37,6 +44,12 @@ class Judged:
     status: str
     sql: str = ""
     detail: str = ""
+    verdict: Verdict | None = None  # the execution verdict, with --db-root
+
+
+def with_verdict(item: Judged, verdict: Verdict, keep: bool) -> Judged:
+    """A written candidate with its execution verdict: still written, or dropped."""
+    return replace(item, status=WRITTEN if keep else DROPPED, verdict=verdict, detail=verdict.detail)
 
 
 def dedup_key(sql: str, mode: str) -> str:
@@ -45,7 +58,7 @@ def dedup_key(sql: str, mode: str) -> str:
 
 
 def judge_batch(units: list[WorkUnit], answers: list[Answer], kept: dict[int, set[str]], dedup: str) -> list[Judged]:
-    """Judge a batch in unit order; `kept` (sample -> dedup keys of kept SQL) is updated."""
+    """Judge a batch in unit order; `kept` (sample -> dedup keys of its candidates) is updated."""
     results = []
     for unit, answer in zip(units, answers, strict=True):
         if answer.oom:

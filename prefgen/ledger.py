@@ -139,7 +139,59 @@ def m003_same_as_gold(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [m001_initial, m002_views, m003_same_as_gold]
+def m004_verdicts(db: sqlite_utils.Database) -> None:
+    """Execution verdicts per unit (--db-root), the `dropped` status, and --max-attempts:
+    a sample is complete once it has num_rejects written rejects or has used its attempts."""
+    for column, kind in (("verdict", str), ("verdict_detail", str), ("multiset_differs", int), ("order_differs", int)):
+        db["units"].add_column(column, kind)
+    db["units"].create_index(["verdict"])
+    for view in ("progress", "sample_progress"):
+        db[view].drop()
+    db.create_view(
+        "sample_progress",
+        """
+        with m as (
+          select n, coalesce((select cast(value as integer) from meta where key = 'max_attempts'), n) as k
+          from (select (select cast(value as integer) from meta where key = 'num_rejects') as n))
+        select s.*, (s.failed = 0 and s.units >= m.n and (s.written >= m.n or s.units >= m.k)) as complete
+        from (
+          select sample_index,
+            count(*) as units,
+            sum(status = 'written') as written,
+            sum(status = 'same_as_gold') as same_as_gold,
+            sum(status = 'duplicate') as duplicate,
+            sum(status = 'no_sql') as no_sql,
+            sum(status = 'dropped') as dropped,
+            sum(status in ('oom', 'error', 'retry')) as failed,
+            sum(coalesce(new_tokens, 0)) as new_tokens,
+            round(sum(coalesce(gen_seconds, 0)), 3) as gen_seconds
+          from units group by sample_index) s, m""",
+    )
+    db.create_view(
+        "progress",
+        """
+        with m as (
+          select (select cast(value as integer) from meta where key = 'samples_total') as samples,
+            (select cast(value as integer) from meta where key = 'num_rejects') as n)
+        select
+          m.samples * m.n + (select count(*) from units where reject_index >= m.n) as units_total,
+          (select count(*) from units where status not in ('oom', 'error', 'retry')) as units_done,
+          (select count(*) from units where status in ('oom', 'error', 'retry')) as units_failed,
+          m.samples as samples_total,
+          (select coalesce(sum(complete), 0) from sample_progress) as samples_complete,
+          (select count(*) from units where status = 'written') as lines_written,
+          (select coalesce(sum(new_tokens), 0) from units) as tokens_generated,
+          (select max(updated_at) from units) as last_update
+        from m""",
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    m001_initial,
+    m002_views,
+    m003_same_as_gold,
+    m004_verdicts,
+]
 
 
 def migrate(db: sqlite_utils.Database) -> None:
@@ -280,10 +332,10 @@ class Ledger:
         )
         return {(r["sample_index"], r["reject_index"]): r for r in rows}
 
-    def kept_sql(self, sample_index: int) -> set[str]:
-        """The SQL of the rejects already written for one sample."""
-        rows = self.db.query("select sql from units where sample_index = ? and status = 'written'", [sample_index])
-        return {r["sql"] for r in rows}
+    def sample_statuses(self, sample_index: int) -> dict[int, str]:
+        """reject (attempt) index -> status, for one sample."""
+        rows = self.db.query("select reject_index, status from units where sample_index = ?", [sample_index])
+        return {r["reject_index"]: r["status"] for r in rows}
 
     def commit_units(self, run_id: int, rows: list[dict], output_state: dict) -> None:
         """Record a batch of units and the output's new committed length in one transaction."""
@@ -306,6 +358,13 @@ class Ledger:
         where, params = ("where sample_index < ?", [max_sample]) if max_sample is not None else ("", [])
         rows = self.db.query(f"select status, count(*) as n from units {where} group by status", params)
         return {r["status"]: r["n"] for r in rows}
+
+    def further_attempts(self, num_rejects: int, max_sample: int | None = None) -> int:
+        """Units beyond the first num_rejects of their sample (--max-attempts)."""
+        where, params = ("and sample_index < ?", [max_sample]) if max_sample is not None else ("", [])
+        return next(
+            self.db.query(f"select count(*) as n from units where reject_index >= ? {where}", [num_rejects, *params])
+        )["n"]
 
     def written_lines(self, order: str = "file") -> Iterator[dict]:
         """Every written unit's line and offset, in file order or (sample, reject) order."""
@@ -345,13 +404,22 @@ class Ledger:
     def sample_units(self, sample_index: int) -> list[dict]:
         return list(self.db.query("select * from units where sample_index = ? order by reject_index", [sample_index]))
 
-    def partial_samples(self, num_rejects: int) -> int:
-        """Samples with some, but not all, units done."""
+    def partial_samples(self) -> int:
+        """Samples with some units done that are not complete."""
         return next(
-            self.db.query(
-                "select count(*) as n from sample_progress where units - failed between 1 and ? - 1", [num_rejects]
-            )
+            self.db.query("select count(*) as n from sample_progress where units - failed >= 1 and not complete")
         )["n"]
+
+    def verdict_counts(self) -> dict[str, int]:
+        """Execution verdicts (--db-root) -> units, split by kept (written) and dropped."""
+        rows = self.db.query(
+            "select verdict, status, count(*) as n from units where verdict is not null group by verdict, status"
+        )
+        counts: dict[str, int] = {}
+        for r in rows:
+            key = f"{r['verdict']} ({'kept' if r['status'] == 'written' else r['status']})"
+            counts[key] = r["n"]
+        return counts
 
     def totals(self, since: str | None = None) -> dict:
         """Units and tokens generated (and the time span they cover), optionally since a timestamp."""

@@ -10,7 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 import ijson
 import orjson
@@ -140,6 +140,14 @@ def iter_records(path: str | Path, limit: int = 0) -> Iterator[Record]:
             count += 1
         if count == 0:
             raise InputError(f"{path}: the data file holds no records")
+
+
+def require_string_field(records: Iterable[Record], name: str, path: str | Path, hint: str = "") -> Iterator[Record]:
+    """Pass records through, refusing one whose field `name` is missing or not a string."""
+    for record in records:
+        if not isinstance(record.fields.get(name), str):
+            raise InputError(f"{path}: record {record.index}: field {name!r} is missing or not a string", hint=hint)
+        yield record
 
 
 def count_records(path: str | Path, limit: int = 0) -> int:

@@ -59,8 +59,8 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         progress = ledger.progress()
         counts = ledger.status_counts()
         runs = ledger.run_history()
-        num_rejects = int(ledger.meta("num_rejects", "0") or 0)
-        partial = ledger.partial_samples(num_rejects) if num_rejects else 0
+        partial = ledger.partial_samples()
+        verdicts = ledger.verdict_counts()
         overall = ledger.totals()
         recent_start = _minus_minutes(progress["last_update"], recent_minutes)
         recent = ledger.totals(since=recent_start) if recent_start else {"units": 0, "new_tokens": 0}
@@ -84,6 +84,7 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
             "remaining": remaining,
             "failed": progress["units_failed"],
             "by_status": counts,
+            "by_verdict": verdicts,
         },
         "samples": {
             "total": samples_total,
@@ -136,8 +137,10 @@ def format_status(data: dict) -> str:
         f"Speed    {_speed(speed['units_per_s'], speed['tokens_per_s'])} overall; "
         f"{_speed(speed['recent_units_per_s'], speed['recent_tokens_per_s'])} last {speed['recent_minutes']}m",
         f"ETA      {human_duration(data['eta_s'])}",
-        "Runs",
     ]
+    if units["by_verdict"]:
+        lines.insert(4, "Verdicts " + ", ".join(f"{k} {v}" for k, v in sorted(units["by_verdict"].items())))
+    lines.append("Runs")
     for run in data["runs"]:
         backoffs = f", {run['oom_backoffs']} OOM backoffs" if run["oom_backoffs"] else ""
         reason = f": {run['stop_reason']}" if run["stop_reason"] else ""

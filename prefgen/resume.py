@@ -1,4 +1,12 @@
-"""Step 3 of the flow: skip what the ledger already has, and check the input has not changed."""
+"""Step 3 of the flow: skip what the ledger already has, and check the input has not changed.
+
+A sample's attempts: the first `num_rejects` are always made; with --max-attempts K above
+that, further attempts are made while the sample has fewer than `num_rejects` written rejects
+and fewer than K attempts, each wave exactly as many as are still missing. Attempt `a` of a
+sample is made if and only if a < num_rejects, or a < K and attempts 0..a-1 wrote fewer than
+num_rejects rejects, however the waves were cut (by batches, by a crash): a resumed run makes
+the same attempts as an uninterrupted one.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +14,9 @@ from itertools import groupby, islice
 from typing import Iterable, Iterator
 
 from prefgen.errors import ChangedInput
-from prefgen.judge import RETRIED_STATUSES, WRITTEN, dedup_key
+from prefgen.judge import CANDIDATE_STATUSES, RETRIED_STATUSES, RETRY, WRITTEN, dedup_key
 from prefgen.ledger import Ledger
-from prefgen.plan import WorkUnit, plan_units
+from prefgen.plan import WorkUnit, unit_seed
 from prefgen.records import Record
 
 WINDOW = 1024  # records looked up in the ledger per query: bounds memory on any input size
@@ -48,6 +56,23 @@ def scan_records(records: Iterable[Record], ledger: Ledger) -> int:
     return count
 
 
+def unresolved_attempts(statuses: dict[int, str], num_rejects: int) -> list[int]:
+    """Attempts of a sample that must be made (again) before anything else: the first
+    `num_rejects` that are missing, gaps, and those in oom / error / retry."""
+    recorded = max(statuses, default=-1) + 1
+    return [a for a in range(max(num_rejects, recorded)) if statuses.get(a, RETRY) in RETRIED_STATUSES]
+
+
+def further_attempts(statuses: dict[int, str], num_rejects: int, attempts: int) -> list[int]:
+    """The next wave of a sample whose attempts so far are all resolved: as many as it still
+    lacks written rejects, within `attempts` (--max-attempts)."""
+    recorded = max(statuses, default=-1) + 1
+    if recorded >= attempts or unresolved_attempts(statuses, num_rejects):
+        return []
+    written = sum(status == WRITTEN for status in statuses.values())
+    return list(range(recorded, min(recorded + num_rejects - written, attempts)))
+
+
 def pending_units(
     records: Iterable[Record],
     ledger: Ledger,
@@ -55,18 +80,25 @@ def pending_units(
     seed: int,
     kept: dict[int, set[str]],
     dedup: str = "",
+    attempts: int = 0,
 ) -> Iterator[WorkUnit]:
-    """The units still to generate, in order; fills `kept` with each sample's written SQL
-    (as dedup keys)."""
+    """The units still to generate, in order; fills `kept` with each sample's candidate SQL
+    (as dedup keys). `attempts` is --max-attempts (0: num_rejects)."""
+    attempts = attempts or num_rejects
     for window in windows(records):
         known = ledger.units_between(window[0].index, window[-1].index)
         hashes = recorded_hashes(known)
+        statuses: dict[int, dict[int, str]] = {}
         for sample, rows in groupby(sorted(known.items()), key=lambda item: item[0][0]):
-            written = {dedup_key(row["sql"], dedup) for _, row in rows if row["status"] == WRITTEN}
-            if written:
-                kept[sample] = written
-        for unit in plan_units(window, num_rejects, seed):
-            row = known.get(unit.key)
-            if row is None or row["status"] in RETRIED_STATUSES:
-                check_unchanged(unit.record, hashes)
-                yield unit
+            rows = list(rows)
+            statuses[sample] = {attempt: row["status"] for (_, attempt), row in rows}
+            candidates = {dedup_key(row["sql"], dedup) for _, row in rows if row["status"] in CANDIDATE_STATUSES}
+            if candidates:
+                kept[sample] = candidates
+        for record in window:
+            done = statuses.get(record.index, {})
+            todo = unresolved_attempts(done, num_rejects) or further_attempts(done, num_rejects, attempts)
+            if todo:
+                check_unchanged(record, hashes)
+            for attempt in todo:
+                yield WorkUnit(record, attempt, unit_seed(seed, record.index, attempt))

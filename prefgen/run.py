@@ -1,6 +1,11 @@
 """`prefgen generate`: drive the flow from records to committed units, resumably.
 
-records -> plan -> skip what the ledger has -> batch -> generate -> extract/judge -> commit
+records -> plan -> skip what the ledger has -> batch -> generate -> extract/judge
+  -> (with --db-root) execution verdicts in worker processes -> commit
+
+Three things overlap: a batch generates (in a background thread) while the batch before it
+is judged and its SQL executed (in worker processes), and batches whose verdicts are in are
+committed, always in batch order.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import logging
 import os
 import signal
 import threading
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
 from itertools import islice
@@ -21,17 +27,18 @@ from prefgen.commit import OutputJournal
 from prefgen.config import GenerateConfig
 from prefgen.errors import Interrupted, OutOfMemory, OutputError
 from prefgen.faults import fault_point
-from prefgen.judge import RETRIED_STATUSES, judge_batch
+from prefgen.judge import RETRIED_STATUSES, WRITTEN, judge_batch, with_verdict
 from prefgen.ledger import Ledger
 from prefgen.lock import exclusive
-from prefgen.plan import plan_units, shard
-from prefgen.records import iter_records
-from prefgen.resume import pending_units, scan_records
+from prefgen.plan import WorkUnit, plan_units, shard, unit_seed
+from prefgen.records import iter_records, require_string_field
+from prefgen.resume import further_attempts, pending_units, scan_records
 
 log = logging.getLogger("prefgen")
 
 AUTO_PROBE_RECORDS = 64  # --batch-size auto sizes batches for the longest of the first records
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+VERDICT_BACKLOG = 2  # batches judged but waiting for execution verdicts before we wait for them
 
 
 @dataclass
@@ -148,30 +155,50 @@ class GenerateRun:
     def __init__(self, cfg: GenerateConfig, ledger: Ledger, stop: StopSignals, show_progress: bool):
         self.cfg, self.ledger, self.stop, self.show_progress = cfg, ledger, stop, show_progress
         self.journal = OutputJournal(ledger, cfg.output_path)
+        self.policy = cfg.check_policy()
+        self.checker = None  # CheckerPool with --db-root
         self.run_id = 0
         self.batch_limit = 1
         self.overlap = False
         self.engine = None
+        self.kept: dict[int, set[str]] = {}  # sample -> its candidates' SQL, for --dedup-rejects
+        self.waiting: deque = deque()  # judged batches waiting for their verdicts, in order
+        self.open_samples: dict[int, list] = {}  # --max-attempts: sample -> [record, units in flight]
+        self.followups: deque[WorkUnit] = deque()  # --max-attempts: further attempts to make
 
     def records(self):
         cfg = self.cfg
-        return shard(iter_records(cfg.sft_data, cfg.max_samples), cfg.rank, cfg.world_size)
+        records = shard(iter_records(cfg.sft_data, cfg.max_samples), cfg.rank, cfg.world_size)
+        if self.policy:
+            hint = "--db-field names the field holding the database id"
+            records = require_string_field(records, cfg.db_field, cfg.sft_data, hint)
+        return records
 
     def counts(self) -> dict[str, int]:
         return self.ledger.status_counts(max_sample=self.cfg.max_samples or None)
 
+    def pending(self, kept: dict[int, set[str]]):
+        cfg = self.cfg
+        return pending_units(
+            self.records(), self.ledger, cfg.num_rejects, cfg.seed, kept, cfg.dedup_rejects, cfg.attempts
+        )
+
     def execute(self, argv: list[str], engine=None) -> Summary:
         cfg, ledger = self.cfg, self.ledger
         ledger.check_fingerprint(cfg.fingerprint())
+        if self.policy:
+            self.policy.check()
         self.journal.open()
         try:
             samples = scan_records(self.records(), ledger)
+            meta = {"samples_total": str(samples), "num_rejects": str(cfg.num_rejects), "max_attempts": str(cfg.attempts)}
             with ledger.db.atomic():
-                ledger.set_meta({"samples_total": str(samples), "num_rejects": str(cfg.num_rejects)})
+                ledger.set_meta(meta)
             counts = self.counts()
             done_before = sum(n for status, n in counts.items() if status not in RETRIED_STATUSES)
-            summary = Summary(samples * cfg.num_rejects, done_before, 0, counts, cfg.output_path, cfg.ledger_path)
-            if done_before >= summary.total_units:
+            total = samples * cfg.num_rejects + ledger.further_attempts(cfg.num_rejects, cfg.max_samples or None)
+            summary = Summary(total, done_before, 0, counts, cfg.output_path, cfg.ledger_path)
+            if next(self.pending({}), None) is None:
                 return summary
             self.run_id = ledger.start_run(cfg.settings(), argv)
             try:
@@ -221,29 +248,36 @@ class GenerateRun:
 
     def run_batches(self, summary: Summary, engine=None) -> int:
         """Generate batch after batch; while one batch generates (in a background thread), the
-        previous one is judged, written and committed here, in order."""
+        previous one is judged, checked and committed here, in order."""
         cfg = self.cfg
+        self.summary = summary
         self.engine = engine = self.load(engine)
         self.batch_limit = self.choose_batch_size(engine)
         # Measured on CPU, overlapping only makes generation and commits share the cores
         # (docs/benchmarks.md); on a GPU the generating thread waits on the device.
         self.overlap = cfg.overlap if cfg.overlap is not None else engine.device.startswith("cuda")
-        self.kept: dict[int, set[str]] = {}  # sample -> SQL already written, for --dedup-rejects
-        units = pending_units(self.records(), self.ledger, cfg.num_rejects, cfg.seed, self.kept, cfg.dedup_rejects)
-        planned = batches(
-            units,
-            lambda: self.batch_limit,
-            cfg.max_batch_tokens,
-            cfg.lookahead,
-            engine.prompt_length,
-            cfg.max_new_tokens,
-        )
+        if self.policy:
+            from prefgen.checker import CheckerPool
+
+            self.checker = CheckerPool(self.policy, cfg.exec_workers)
+        units = self.pending(self.kept)
         self.done, self.in_flight = 0, None
         try:
             with progress_bar(summary.total_units, summary.done_before, self.show_progress) as self.bar:
-                for batch in planned:
-                    self.step(engine, batch)
-                self.settle()
+                while True:
+                    for batch in batches(
+                        self.tracked(units),
+                        lambda: self.batch_limit,
+                        cfg.max_batch_tokens,
+                        cfg.lookahead,
+                        engine.prompt_length,
+                        cfg.max_new_tokens,
+                    ):
+                        self.step(engine, batch)
+                    self.settle(drain=True)
+                    if not self.followups:
+                        break
+                    units = iter(())  # only the further attempts the last commits asked for
         except Interrupted as exc:
             if not exc.immediate:
                 wait_quietly(self.in_flight)
@@ -251,36 +285,101 @@ class GenerateRun:
         except BaseException:
             wait_quietly(self.in_flight)  # never leave torch running in a thread at exit
             raise
+        finally:
+            if self.checker:
+                self.checker.close()
         return self.done
 
+    def tracked(self, units):
+        """The pending units, with further attempts (--max-attempts) slipped in as they are
+        planned; counts each sample's units in flight."""
+        track = self.cfg.attempts > self.cfg.num_rejects
+        for unit in units:
+            while self.followups:
+                yield self.followups.popleft()
+            if track:
+                self.open_samples.setdefault(unit.sample_index, [unit.record, 0])[1] += 1
+            yield unit
+        while self.followups:
+            yield self.followups.popleft()
+
     def step(self, engine, batch: list) -> None:
-        """Start generating `batch`; while it generates, commit the batch before it."""
+        """Start generating `batch`; while it generates, judge and commit the batch before it."""
         fault_point("before_generate")
         previous, self.in_flight = self.in_flight, (batch, generate_in_background(engine, batch))
         if previous:
             self.finish(*previous)
         if not self.overlap or self.stop.received is not None:
-            self.settle()  # a stop waits for the batch in flight and commits it first
+            # a stop waits for the batch in flight and commits everything first
+            self.settle(drain=self.stop.received is not None)
             self.stop.check()
 
-    def settle(self) -> None:
-        """Commit the batch in flight, if any."""
+    def settle(self, drain: bool = False) -> None:
+        """Judge the batch in flight, if any; with `drain`, commit every judged batch."""
         if self.in_flight:
             in_flight, self.in_flight = self.in_flight, None
             self.finish(*in_flight)
+        if drain:
+            self.commit_ready(backlog=0)
 
     def finish(self, batch: list, future: Future) -> None:
-        """Wait for a batch's tokens, then decode, judge, write and commit it."""
+        """Wait for a batch's tokens, then decode and judge it, and start its SQL executing."""
         rows, results, backoffs = future.result()
         for count, half in backoffs:
             self.on_backoff(count, half)
         answers = [self.engine.answer(row, new, seconds) for row, (new, seconds) in zip(rows, results, strict=True)]
-        self.journal.commit(self.run_id, judge_batch(batch, answers, self.kept, self.cfg.dedup_rejects))
-        self.done += len(batch)
-        self.bar.update(len(batch))
+        judged = judge_batch(batch, answers, self.kept, self.cfg.dedup_rejects)
+        verdicts = [self.submit_check(item) for item in judged] if self.checker else []
+        self.waiting.append((judged, verdicts))
         first = window_start(batch[0].sample_index, self.cfg.lookahead)
-        for sample in [s for s in self.kept if s < first]:
+        for sample in [s for s in self.kept if s < first and s not in self.open_samples]:
             del self.kept[sample]  # samples of finished windows: keeps memory bounded
+        self.commit_ready(backlog=VERDICT_BACKLOG)
+
+    def submit_check(self, item) -> Future | None:
+        if item.status != WRITTEN:
+            return None
+        record = item.unit.record
+        return self.checker.submit(record.fields[self.cfg.db_field], record.output, item.sql)
+
+    def commit_ready(self, backlog: int) -> None:
+        """Commit, in order, the judged batches whose verdicts are in, waiting for the oldest
+        while more than `backlog` batches are waiting."""
+        while self.waiting:
+            judged, verdicts = self.waiting[0]
+            if len(self.waiting) <= backlog and not all(v is None or v.done() for v in verdicts):
+                return
+            self.waiting.popleft()
+            if verdicts:
+                judged = [
+                    item if check is None else with_verdict(item, check.result(), self.policy.keeps(check.result()))
+                    for item, check in zip(judged, verdicts, strict=True)
+                ]
+            self.journal.commit(self.run_id, judged)
+            self.done += len(judged)
+            self.bar.update(len(judged))
+            self.plan_further_attempts(judged)
+
+    def plan_further_attempts(self, judged: list) -> None:
+        """--max-attempts: once all of a sample's units are committed, plan its next wave."""
+        for item in judged if self.open_samples else ():
+            sample = item.unit.sample_index
+            entry = self.open_samples.get(sample)
+            if entry is None:
+                continue
+            entry[1] -= 1
+            if entry[1]:
+                continue
+            cfg = self.cfg
+            todo = further_attempts(self.ledger.sample_statuses(sample), cfg.num_rejects, cfg.attempts)
+            if not todo:
+                del self.open_samples[sample]
+                continue
+            entry[1] = len(todo)
+            self.followups.extend(WorkUnit(entry[0], a, unit_seed(cfg.seed, sample, a)) for a in todo)
+            self.summary.total_units += len(todo)
+            self.bar.total += len(todo)
+            self.bar.refresh()
 
 
 def wait_quietly(in_flight) -> None:

@@ -16,27 +16,13 @@ from pathlib import Path
 
 import orjson
 
-from prefgen.errors import ConfigError, InputError
-from prefgen.execute import connect, database_path, run_query
+from prefgen.checker import Checker, CheckPolicy
+from prefgen.errors import InputError
 from prefgen.export import read_pairs
 from prefgen.normalize import normalize_sql
 from prefgen.verdict import Verdict, judge_execution
 
 SAME_AS_GOLD = "same_as_gold"
-GOLD_CACHE = 256
-
-
-@dataclass(frozen=True)
-class VerifyPolicy:
-    """How verdicts become keep / drop, and the execution limits."""
-
-    db_root: str
-    db_field: str = "db_id"
-    equivalence: str = "lenient"
-    keep_timeout: bool = True
-    keep_unverifiable: bool = True
-    time_limit: float = 5.0
-    max_rows: int = 100_000
 
 
 @dataclass
@@ -47,58 +33,25 @@ class VerifySummary:
     dropped: Counter = field(default_factory=Counter)
 
 
-class Judge:
-    """Judges pairs against their databases, reusing connections and gold results."""
-
-    def __init__(self, policy: VerifyPolicy):
-        self.policy = policy
-        self.connections: dict[str, object] = {}
-        self.golds: dict[tuple[str, str], object] = {}
-
-    def connection(self, db_id: str):
-        if db_id not in self.connections:
-            path = database_path(self.policy.db_root, db_id)
-            self.connections[db_id] = connect(path) if path.is_file() else None
-        return self.connections[db_id]
-
-    def __call__(self, db_id: str, gold: str, rejected: str) -> Verdict:
-        if normalize_sql(rejected) == normalize_sql(gold):
-            return Verdict(SAME_AS_GOLD)
-        conn = self.connection(db_id)
-        if conn is None:
-            return judge_execution(None, gold, rejected)
-        key = (db_id, gold)
-        if key not in self.golds:
-            if len(self.golds) >= GOLD_CACHE:
-                self.golds.clear()
-            self.golds[key] = run_query(conn, gold, self.policy.time_limit, self.policy.max_rows)
-        return judge_execution(conn, gold, rejected, self.golds[key], self.policy.time_limit, self.policy.max_rows)
-
-    def close(self) -> None:
-        for conn in self.connections.values():
-            if conn is not None:
-                conn.close()
+def judge_pair(checker: Checker, db_id: str, gold: str, rejected: str) -> Verdict:
+    """`same_as_gold` when the reject is the gold up to layout, else the execution verdict."""
+    if normalize_sql(rejected) == normalize_sql(gold):
+        return Verdict(SAME_AS_GOLD)
+    return checker(db_id, gold, rejected)
 
 
-def keeps(verdict: Verdict, policy: VerifyPolicy) -> bool:
-    return verdict.verdict != SAME_AS_GOLD and verdict.kept(
-        policy.equivalence, policy.keep_timeout, policy.keep_unverifiable
-    )
-
-
-def verify_file(pairs: str, output: str, policy: VerifyPolicy) -> VerifySummary:
+def verify_file(pairs: str, output: str, policy: CheckPolicy) -> VerifySummary:
     """Judge every pair of `pairs`; write the kept ones, with their verdict, to `output`."""
-    if not Path(policy.db_root).is_dir():
-        raise ConfigError(f"--db-root {policy.db_root} is not a directory")
+    policy.check()
     target = Path(output)
     temp = target.with_name(target.name + ".verifying")
     summary = VerifySummary()
-    judge = Judge(policy)
+    checker = Checker(policy)
     try:
         with open(temp, "wb") as handle:
             for number, pair in read_pairs(Path(pairs)):
-                verdict = judge(*_fields(pairs, number, pair, policy.db_field))
-                if keeps(verdict, policy):
+                verdict = judge_pair(checker, *_fields(pairs, number, pair, policy.db_field))
+                if verdict.verdict != SAME_AS_GOLD and policy.keeps(verdict):
                     summary.kept[verdict.verdict] += 1
                     line = {**pair, "verdict": verdict.verdict, "verdict_detail": verdict.detail}
                     handle.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
@@ -106,7 +59,7 @@ def verify_file(pairs: str, output: str, policy: VerifyPolicy) -> VerifySummary:
                     summary.dropped[verdict.verdict] += 1
         os.replace(temp, target)
     finally:
-        judge.close()
+        checker.close()
         temp.unlink(missing_ok=True)
     return summary
 

@@ -37,7 +37,7 @@ def test_status_figures_match_the_ledger_and_the_jsonl(partial_run):
     out, ledger, _ = partial_run
     data = orjson.loads(run_cli(["ledger", "status", ledger, "--json"]).output)
     assert set(data) == STATUS_KEYS
-    assert set(data["units"]) == {"total", "done", "remaining", "failed", "by_status"}
+    assert set(data["units"]) == {"total", "done", "remaining", "failed", "by_status", "by_verdict"}
     assert set(data["samples"]) == {"total", "complete", "partial", "pending"}
     assert set(data["throughput"]) == {
         "units_per_s",
@@ -47,7 +47,7 @@ def test_status_figures_match_the_ledger_and_the_jsonl(partial_run):
         "recent_tokens_per_s",
     }
     units = query(ledger, "select * from units")
-    assert data["units"] == {"total": 12, "done": 6, "remaining": 6, "failed": 0, "by_status": {"written": 6}}
+    assert data["units"] == {"total": 12, "done": 6, "remaining": 6, "failed": 0, "by_status": {"written": 6}, "by_verdict": {}}
     assert data["samples"] == {"total": 6, "complete": 3, "partial": 0, "pending": 3}
     assert data["lines_written"] == len(read_jsonl(out)) == 6
     assert data["tokens"] == {
@@ -144,10 +144,19 @@ def test_ledger_schema(partial_run):
         "line_offset": int,
         "line_length": int,
         "line": str,
+        "verdict": str,
+        "verdict_detail": str,
+        "multiset_differs": int,
+        "order_differs": int,
     }
     assert db["units"].pks == ["sample_index", "reject_index"]
     assert set(db.view_names()) == {"progress", "sample_progress", "run_history"}
-    assert [r["name"] for r in db["_prefgen_migrations"].rows] == ["m001_initial", "m002_views", "m003_same_as_gold"]
+    assert [r["name"] for r in db["_prefgen_migrations"].rows] == [
+        "m001_initial",
+        "m002_views",
+        "m003_same_as_gold",
+        "m004_verdicts",
+    ]
 
 
 def test_status_while_a_run_writes_is_consistent_and_does_not_block(workdir, tiny_model, sample_data):

@@ -1,0 +1,124 @@
+"""Execution verdicts for many rejects: cached per database, and run in worker processes.
+
+`Checker` judges one (database, gold, reject) at a time, reusing connections and gold
+results; `prefgen verify` uses it directly. `CheckerPool` runs checkers in worker processes
+so that `prefgen generate --db-root` executes SQL while the model generates: the generating
+process only hands over strings and gets verdicts back.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefgen.errors import ConfigError
+from prefgen.execute import connect, database_path, run_query
+from prefgen.verdict import Verdict, judge_execution
+
+GOLD_CACHE = 256  # gold results kept per process (a sample's rejects share one gold)
+EQUIVALENCE_MODES = ("lenient", "multiset", "ordered")
+
+
+@dataclass(frozen=True)
+class CheckPolicy:
+    """Where the databases are, how verdicts become keep / drop, and the execution limits."""
+
+    db_root: str
+    db_field: str = "db_id"
+    equivalence: str = "lenient"
+    keep_timeout: bool = True
+    keep_unverifiable: bool = True
+    time_limit: float = 5.0
+    max_rows: int = 100_000
+
+    def check(self) -> None:
+        """Refuse settings that cannot work, before any work is done."""
+        if not Path(self.db_root).is_dir():
+            raise ConfigError(
+                f"--db-root {self.db_root} is not a directory",
+                hint="give the directory holding <db_id>/<db_id>.sqlite (Spider's and BIRD's database/)",
+            )
+        if self.equivalence not in EQUIVALENCE_MODES:
+            raise ConfigError(f"--equivalence must be one of {', '.join(EQUIVALENCE_MODES)}, not {self.equivalence!r}")
+        if self.time_limit <= 0 or self.max_rows < 1:
+            raise ConfigError("--time-limit must be above 0 and --max-rows at least 1")
+
+    def keeps(self, verdict: Verdict) -> bool:
+        """Whether a reject with this verdict is worth training on, under this policy."""
+        return verdict.kept(self.equivalence, self.keep_timeout, self.keep_unverifiable)
+
+
+class Checker:
+    """Judges rejects against their databases, reusing connections and gold results."""
+
+    def __init__(self, policy: CheckPolicy):
+        self.policy = policy
+        self.connections: dict[str, object] = {}
+        self.golds: dict[tuple[str, str], object] = {}
+
+    def connection(self, db_id: str):
+        if db_id not in self.connections:
+            path = database_path(self.policy.db_root, db_id)
+            self.connections[db_id] = connect(path) if path.is_file() else None
+        return self.connections[db_id]
+
+    def __call__(self, db_id: str, gold: str, rejected: str) -> Verdict:
+        conn = self.connection(db_id)
+        if conn is None:
+            return judge_execution(None, gold, rejected)
+        limits = (self.policy.time_limit, self.policy.max_rows)
+        key = (db_id, gold)
+        if key not in self.golds:
+            if len(self.golds) >= GOLD_CACHE:
+                self.golds.clear()
+            self.golds[key] = run_query(conn, gold, *limits)
+        return judge_execution(conn, gold, rejected, self.golds[key], *limits)
+
+    def close(self) -> None:
+        for conn in self.connections.values():
+            if conn is not None:
+                conn.close()
+        self.connections.clear()
+
+
+_worker_checker: Checker | None = None
+
+
+def _start_worker(policy: CheckPolicy) -> None:
+    global _worker_checker
+    # Ctrl-C and SIGTERM go to the whole process group: the parent decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _worker_checker = Checker(policy)
+
+
+def _check_in_worker(db_id: str, gold: str, rejected: str) -> Verdict:
+    return _worker_checker(db_id, gold, rejected)
+
+
+def default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+class CheckerPool:
+    """Checkers in worker processes (spawned, never forked from a process running torch)."""
+
+    def __init__(self, policy: CheckPolicy, workers: int = 0):
+        import multiprocessing
+
+        self.policy = policy
+        self.executor = ProcessPoolExecutor(
+            max_workers=workers or default_workers(),
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(policy,),
+        )
+
+    def submit(self, db_id: str, gold: str, rejected: str) -> Future:
+        return self.executor.submit(_check_in_worker, db_id, gold, rejected)
+
+    def close(self, wait: bool = True) -> None:
+        self.executor.shutdown(wait=wait, cancel_futures=True)
