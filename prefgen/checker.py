@@ -87,11 +87,34 @@ class Checker:
 _worker_checker: Checker | None = None
 
 
-def _start_worker(policy: CheckPolicy) -> None:
+def _die_with(parent: int) -> None:
+    """End this worker when the generating process dies, even by SIGKILL: at once where Linux
+    offers a parent-death signal, and within a second by watching the parent otherwise."""
+    import ctypes
+    import threading
+    import time
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="prefgen-parent-watch", daemon=True).start()
+
+
+def _start_worker(policy: CheckPolicy, parent: int) -> None:
     global _worker_checker
     # Ctrl-C and SIGTERM go to the whole process group: the parent decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with(parent)
     _worker_checker = Checker(policy)
 
 
@@ -114,7 +137,7 @@ class CheckerPool:
             max_workers=workers or default_workers(),
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(policy,),
+            initargs=(policy, os.getpid()),
         )
 
     def submit(self, db_id: str, gold: str, rejected: str) -> Future:

@@ -35,10 +35,16 @@ def _check_part(rank: int, world_size: int, jsonl: Path, ledger: Ledger) -> dict
     fingerprint = orjson.loads(ledger.meta("fingerprint"))
     if (fingerprint["rank"], fingerprint["world_size"]) != (rank, world_size):
         raise OutputError(f"{ledger.path} belongs to rank {fingerprint['rank']} of {fingerprint['world_size']}")
-    if progress["units_total"] is None or progress["units_done"] < progress["units_total"] or progress["units_failed"]:
+    if (
+        progress["units_total"] is None
+        or progress["units_done"] < progress["units_total"]
+        or progress["samples_complete"] < progress["samples_total"]
+        or progress["units_failed"]
+    ):
         raise OutputError(
             f"part {rank} of {world_size} is incomplete: {progress['units_done']} of "
-            f"{progress['units_total']} units done, {progress['units_failed']} to retry",
+            f"{progress['units_total']} units done, {progress['samples_complete']} of "
+            f"{progress['samples_total']} samples complete, {progress['units_failed']} to retry",
             hint=f"run rank {rank} again to finish it (prefgen generate ... --rank {rank} --world-size {world_size})",
         )
     check_committed(ledger, jsonl)

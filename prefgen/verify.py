@@ -20,7 +20,7 @@ from prefgen.checker import Checker, CheckPolicy
 from prefgen.errors import InputError
 from prefgen.export import read_pairs
 from prefgen.normalize import normalize_sql
-from prefgen.verdict import Verdict, judge_execution
+from prefgen.verdict import Verdict
 
 SAME_AS_GOLD = "same_as_gold"
 
