@@ -5,7 +5,8 @@ machine: (a) `prefgen generate` end to end (ledger, JSONL, judging, with the mod
 loaded); (b) the old script: one `model.generate` call per reject, seeded through the global
 RNG; (c) bare batched `model.generate` on the same batches, with nothing written. Then:
 prompts of mixed lengths (length grouping on and off), skewed output lengths (finished-row
-dropping on and off), and start-up on a 1,000,000-record input against a 100-record one.
+dropping on and off), generation with execution verdicts (--db-root) against without, and
+start-up on a 1,000,000-record input against a 100-record one.
 
 This is a measurement script, not a test: it prints figures and ratios.
 """
@@ -28,6 +29,7 @@ from prefgen.plan import plan_units
 from prefgen.records import iter_records
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "spider_en" / "department_store_alpaca.json"
+DB_ROOT = SAMPLE.parent / "db"
 LAST_OVERHEAD = {"share": 0.0}  # of the last timed_prefgen: wall time spent outside generate calls
 WORDS = "select name from table where order by group count join on and or customer product store id".split()
 
@@ -216,6 +218,56 @@ def dropping_comparison(engine, cfg: GenerateConfig, work: Path) -> dict:
     return {"rows": [on, off], "ratio": on["units_per_s"] / off["units_per_s"], "mean_new_tokens": mean}
 
 
+class RealSqlAnswers:
+    """The engine, generating as usual, but answering SQL that runs: a reject is the gold
+    wrapped so that it needs executing (same rows, or cut to one row) or the model's own text
+    (which SQLite refuses). The tiny model's random text alone would cost nothing to execute."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.golds: dict[tuple, str] = {}
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def prompt_ids(self, unit) -> list[int]:
+        ids = self.engine.prompt_ids(unit)
+        self.golds[tuple(ids)] = unit.record.output.strip().rstrip(";")
+        return ids
+
+    def answer(self, row, new, seconds):
+        answer = self.engine.answer(row, new, seconds)
+        gold = self.golds[tuple(row)]
+        variants = (f"SELECT * FROM ({gold})", f"SELECT * FROM ({gold}) LIMIT 1", answer.text)
+        return replace(answer, text=variants[sum(new or ()) % len(variants)])
+
+
+def verdict_comparison(engine, cfg: GenerateConfig, work: Path) -> dict:
+    """Generation throughput with execution verdicts (--db-root, worker processes) and without."""
+    from prefgen.ledger import Ledger
+
+    answering = RealSqlAnswers(engine)
+    plain = replace(cfg, output=str(work / "v0.jsonl"))
+    checked = replace(cfg, output=str(work / "v1.jsonl"), db_root=str(DB_ROOT))
+    runs = {"off": [], "on": []}
+    for attempt in range(2):  # interleaved, the faster of two each: the first run warms caches
+        for name, settings in (("off", plain), ("on", checked)):
+            settings = replace(settings, output=f"{settings.output}.{attempt}")
+            runs[name].append(timed_prefgen(settings, answering))
+    off = row("prefgen, no execution", *min(runs["off"]))
+    on = row("prefgen --db-root (verdicts in workers)", *min(runs["on"]))
+    checked = replace(checked, output=f"{checked.output}.1")
+    ledger = Ledger(checked.ledger_path, readonly=True)
+    verdicts = ledger.verdict_counts()
+    ledger.close()
+    ratio = on["units_per_s"] / off["units_per_s"]
+    print_table(
+        "Execution verdicts while generating", [off, on], [("with / without --db-root", ratio, "target >= 0.9")]
+    )
+    click.echo("  verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())))
+    return {"rows": [off, on], "ratio": ratio, "verdicts": verdicts}
+
+
 def measure_start(model: str, data: Path, out: Path, device: str) -> tuple[float, int]:
     """(seconds, peak RSS in KiB) of a fresh `prefgen generate --max-samples 100` process."""
     args = [
@@ -290,8 +342,14 @@ def startup_comparison(model: str, device: str, work: Path) -> dict:
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--skip-startup", is_flag=True, help="Skip the 1,000,000-record start-up measurement.")
+@click.option(
+    "--only",
+    type=click.Choice(["main", "grouping", "dropping", "verdicts", "startup"]),
+    multiple=True,
+    help="Run only these comparisons (repeatable) [default: all].",
+)
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
-def main(model, device, samples, rejects, max_new_tokens, batch_size, skip_startup, json_out):
+def main(model, device, samples, rejects, max_new_tokens, batch_size, skip_startup, only, json_out):
     """Benchmark prefgen (a) against the old script (b) and bare batched generate (c)."""
     import platform
 
@@ -323,12 +381,17 @@ def main(model, device, samples, rejects, max_new_tokens, batch_size, skip_start
             f"torch {torch.__version__}, device {engine.device}"
         )
         click.echo(f"Work: {samples} samples x {rejects} rejects, {max_new_tokens} new tokens, batch {batch_size}")
-        results = {
-            "main": main_comparison(engine, cfg, work),
-            "grouping": grouping_comparison(engine, cfg, work),
-            "dropping": dropping_comparison(engine, cfg, work),
+        comparisons = {
+            "main": main_comparison,
+            "grouping": grouping_comparison,
+            "dropping": dropping_comparison,
+            "verdicts": verdict_comparison,
         }
-        if not skip_startup:
+        results = {}
+        for name, compare in comparisons.items():
+            if not only or name in only:
+                results[name] = compare(engine, cfg, work)
+        if (not only and not skip_startup) or "startup" in only:
             results["startup"] = startup_comparison(model, device, work)
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2))
