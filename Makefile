@@ -19,18 +19,24 @@ BATCH_SIZE ?= 8
 DEVICE ?= cuda
 SYSTEM ?=
 DEDUP ?= 1
+MAX_ATTEMPTS ?= 0
 TINY_MODEL := runs/tiny-model
 ifeq ($(MODEL),)
 MAX_NEW_TOKENS ?= 64
+DB_ROOT ?= examples/spider_en/db
 GEN_MODEL := $(TINY_MODEL)
 GEN_DEPS := $(TINY_MODEL)/config.json
 else
 MAX_NEW_TOKENS ?= 512
+DB_ROOT ?=
 GEN_MODEL := $(MODEL)
 GEN_DEPS :=
 endif
 
-.PHONY: generate test status bench venv clean
+CLIENTS_VENV ?= .venv-clients
+CLIENTS_STAMP := $(CLIENTS_VENV)/.installed-stamp
+
+.PHONY: generate test check-clients status bench venv clean
 
 venv: $(STAMP)
 
@@ -50,6 +56,7 @@ generate: $(STAMP) $(GEN_DEPS)
 	  --num-rejects $(NUM_REJECTS) --seed $(SEED) --max-new-tokens $(MAX_NEW_TOKENS) \
 	  --temperature $(TEMPERATURE) --top-p $(TOP_P) --max-samples $(MAX_SAMPLES) \
 	  --batch-size $(BATCH_SIZE) --device $(DEVICE) --system '$(SYSTEM)' \
+	  --max-attempts $(MAX_ATTEMPTS) $(if $(DB_ROOT),--db-root '$(DB_ROOT)') \
 	  $(if $(filter 1,$(DEDUP)),--dedup-rejects) $(if $(filter exact sql,$(DEDUP)),--dedup-rejects $(DEDUP))
 
 status: $(STAMP)
@@ -63,5 +70,18 @@ bench: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# LLaMA-Factory pins an older transformers than prefgen: it gets a virtual environment of its
+# own (torch at the project's version; torchvision/torchaudio removed, as they do not import
+# beside the CPU torch), and tests/test_clients.py trains one DPO step on prefgen's exports.
+$(CLIENTS_STAMP): .ci/clients-constraints.txt
+	test -x $(CLIENTS_VENV)/bin/python || $(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CLIENTS_VENV)/bin/python -m pip install --quiet -c .ci/clients-constraints.txt torch==2.13.0 llamafactory==0.9.5
+	$(CLIENTS_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio
+	touch $@
+
+check-clients: $(STAMP) $(CLIENTS_STAMP)
+	PREFGEN_CLIENTS_VENV=$(abspath $(CLIENTS_VENV)) $(BIN)/python -m pytest -q -m clients tests/test_clients.py
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) runs .pytest_cache

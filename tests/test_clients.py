@@ -1,0 +1,65 @@
+"""The trainers users run load prefgen's exports: LLaMA-Factory trains one DPO step on them.
+
+LLaMA-Factory pins an older transformers than prefgen, so it lives in a virtual environment
+of its own that `make check-clients` builds and names in PREFGEN_CLIENTS_VENV; without it
+these tests are skipped. (TRL installs beside prefgen: see test_export.py.)
+"""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, generate_args, read_jsonl, run_cli
+
+CLIENTS_VENV = os.environ.get("PREFGEN_CLIENTS_VENV", "")
+CLIENTS_BIN = Path(CLIENTS_VENV).resolve() / "bin" if CLIENTS_VENV else None  # before tests chdir
+pytestmark = [
+    pytest.mark.clients,
+    pytest.mark.skipif(not CLIENTS_VENV, reason="needs `make check-clients` (LLaMA-Factory's own venv)"),
+]
+
+TRAIN_YAML = """\
+model_name_or_path: {model}
+stage: dpo
+do_train: true
+finetuning_type: lora
+lora_target: all
+pref_beta: 0.1
+pref_loss: sigmoid
+dataset: {name}
+dataset_dir: {data}
+template: qwen
+cutoff_len: 4096
+overwrite_cache: true
+preprocessing_num_workers: 1
+output_dir: {out}
+logging_steps: 1
+save_strategy: "no"
+per_device_train_batch_size: 4
+max_steps: 1
+learning_rate: 1.0e-4
+report_to: none
+bf16: false
+"""
+
+
+@pytest.mark.parametrize("fmt", ["llamafactory", "sharegpt"])
+def test_llamafactory_trains_one_dpo_step_on_every_exported_pair(workdir, tiny_model, sample_data, fmt):
+    pairs = workdir / "pairs.jsonl"
+    run_cli(generate_args(tiny_model, sample_data, pairs, num_rejects=2, max_samples=8, max_new_tokens=16))
+    exported = workdir / "data"
+    run_cli(["export", str(pairs), "--format", fmt, "--to", str(exported), "--name", "prefgen_pairs"])
+    count = len(read_jsonl(exported / "prefgen_pairs.jsonl"))
+    assert count == len(read_jsonl(pairs)) > 0
+    config = workdir / "dpo.yaml"
+    config.write_text(TRAIN_YAML.format(model=tiny_model, name="prefgen_pairs", data=exported, out=workdir / "out"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "clients"), "HF_HUB_OFFLINE": "1"}
+    cli = CLIENTS_BIN / "llamafactory-cli"
+    done = subprocess.run([str(cli), "train", str(config)], cwd=workdir, env=env, capture_output=True, text=True)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    used = re.search(r"Num examples = ([\d,]+)", log)
+    assert used and int(used.group(1).replace(",", "")) == count, log[-4000:]
+    assert re.search(r"train_loss\s+=\s+[\d.]+", log)
