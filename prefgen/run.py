@@ -191,7 +191,11 @@ class GenerateRun:
         self.journal.open()
         try:
             samples = scan_records(self.records(), ledger)
-            meta = {"samples_total": str(samples), "num_rejects": str(cfg.num_rejects), "max_attempts": str(cfg.attempts)}
+            meta = {
+                "samples_total": str(samples),
+                "num_rejects": str(cfg.num_rejects),
+                "max_attempts": str(cfg.attempts),
+            }
             with ledger.db.atomic():
                 ledger.set_meta(meta)
             counts = self.counts()

@@ -5,7 +5,7 @@ import time
 
 import orjson
 import pytest
-from conftest import generate_args, query, read_jsonl, run_cli
+from conftest import ROOT, generate_args, query, read_jsonl, run_cli
 from test_survival import run, start
 
 STATUS_KEYS = {
@@ -47,7 +47,14 @@ def test_status_figures_match_the_ledger_and_the_jsonl(partial_run):
         "recent_tokens_per_s",
     }
     units = query(ledger, "select * from units")
-    assert data["units"] == {"total": 12, "done": 6, "remaining": 6, "failed": 0, "by_status": {"written": 6}, "by_verdict": {}}
+    assert data["units"] == {
+        "total": 12,
+        "done": 6,
+        "remaining": 6,
+        "failed": 0,
+        "by_status": {"written": 6},
+        "by_verdict": {},
+    }
     assert data["samples"] == {"total": 6, "complete": 3, "partial": 0, "pending": 3}
     assert data["lines_written"] == len(read_jsonl(out)) == 6
     assert data["tokens"] == {
@@ -227,3 +234,15 @@ def test_humanized_numbers():
 
     assert [human_number(x) for x in (0, 5, 0.5, 1234, 2_500_000)] == ["0", "5", "0.50", "1.2k", "2.5M"]
     assert [human_duration(x) for x in (None, 12, 245, 11520, 90000)] == ["-", "12s", "4m05s", "3h12m", "1d01h"]
+
+
+def test_every_query_in_the_readme_runs_on_a_real_ledger(partial_run):
+    """The README's "useful queries" stay true to the schema."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("Ten useful queries", 1)[1].split("```")[1]
+    queries = re.findall(r'^(?:sqlite3|sqlite-utils query) \$L "(.+?)"\s*(?:#.*)?$', block, flags=re.M)
+    assert len(queries) == 10
+    for sql in queries:
+        query(partial_run[1], sql)  # raises on any error
