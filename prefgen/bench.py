@@ -30,6 +30,7 @@ from prefgen.records import iter_records
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "spider_en" / "department_store_alpaca.json"
 DB_ROOT = SAMPLE.parent / "db"
+VERDICT_WORK = 4  # the verdict comparison runs 4x --samples
 LAST_OVERHEAD = {"share": 0.0}  # of the last timed_prefgen: wall time spent outside generate calls
 WORDS = "select name from table where order by group count join on and or customer product store id".split()
 
@@ -247,6 +248,9 @@ def verdict_comparison(engine, cfg: GenerateConfig, work: Path) -> dict:
     from prefgen.ledger import Ledger
 
     answering = RealSqlAnswers(engine)
+    samples = cfg.max_samples * VERDICT_WORK  # long enough that starting the workers is not the story
+    data = write_json(work / "verdicts.json", sample_records(samples))
+    cfg = replace(cfg, sft_data=str(data), max_samples=samples)
     plain = replace(cfg, output=str(work / "v0.jsonl"))
     checked = replace(cfg, output=str(work / "v1.jsonl"), db_root=str(DB_ROOT))
     runs = {"off": [], "on": []}

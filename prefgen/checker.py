@@ -122,6 +122,10 @@ def _check_in_worker(db_id: str, gold: str, rejected: str) -> Verdict:
     return _worker_checker(db_id, gold, rejected)
 
 
+def _warm_up() -> None:
+    import sqlglot  # noqa: F401  (verdicts parse the gold's ORDER BY / LIMIT with it)
+
+
 def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
@@ -133,12 +137,16 @@ class CheckerPool:
         import multiprocessing
 
         self.policy = policy
+        self.workers = workers or default_workers()
         self.executor = ProcessPoolExecutor(
-            max_workers=workers or default_workers(),
+            max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
             initargs=(policy, os.getpid()),
         )
+        # start the workers now (they spawn on demand), so they are up before the first batch
+        for _ in range(self.workers):
+            self.executor.submit(_warm_up)
 
     def submit(self, db_id: str, gold: str, rejected: str) -> Future:
         return self.executor.submit(_check_in_worker, db_id, gold, rejected)

@@ -255,18 +255,18 @@ class GenerateRun:
         previous one is judged, checked and committed here, in order."""
         cfg = self.cfg
         self.summary = summary
-        self.engine = engine = self.load(engine)
-        self.batch_limit = self.choose_batch_size(engine)
-        # Measured on CPU, overlapping only makes generation and commits share the cores
-        # (docs/benchmarks.md); on a GPU the generating thread waits on the device.
-        self.overlap = cfg.overlap if cfg.overlap is not None else engine.device.startswith("cuda")
-        if self.policy:
+        self.done, self.in_flight = 0, None
+        if self.policy:  # the workers start while the model loads
             from prefgen.checker import CheckerPool
 
             self.checker = CheckerPool(self.policy, cfg.exec_workers)
-        units = self.pending(self.kept)
-        self.done, self.in_flight = 0, None
         try:
+            self.engine = engine = self.load(engine)
+            self.batch_limit = self.choose_batch_size(engine)
+            # Measured on CPU, overlapping only makes generation and commits share the cores
+            # (docs/benchmarks.md); on a GPU the generating thread waits on the device.
+            self.overlap = cfg.overlap if cfg.overlap is not None else engine.device.startswith("cuda")
+            units = self.pending(self.kept)
             with progress_bar(summary.total_units, summary.done_before, self.show_progress) as self.bar:
                 while True:
                     for batch in batches(
