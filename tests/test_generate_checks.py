@@ -154,18 +154,25 @@ def test_resume_after_kills_makes_the_same_attempts_as_an_uninterrupted_run(work
     assert sorted(out.read_bytes().splitlines()) == sorted(reference.read_bytes().splitlines())
 
 
-def test_sigint_with_verdicts_pending_commits_them_and_stops(workdir, tiny_model, sample_data):
-    out = workdir / "pairs.jsonl"
-    args = generate_args(tiny_model, sample_data, out, max_samples=12, batch_size=2, db_root=DB_ROOT)
-    process = start(args, fault="before_generate:sleep@3")
+def start_until_lines(args, out, fault):
+    """Start a run in a subprocess and return it once it has written lines to `out`."""
+    process = start(args, fault=fault)
     deadline = time.time() + 120
     while time.time() < deadline and not (out.exists() and out.stat().st_size):
         time.sleep(0.1)
+    return process
+
+
+def test_sigint_with_verdicts_pending_commits_them_and_stops(workdir, tiny_model, sample_data):
+    out = workdir / "pairs.jsonl"
+    args = generate_args(tiny_model, sample_data, out, max_samples=40, batch_size=2, db_root=DB_ROOT)
+    process = start_until_lines(args, out, fault=None)  # the first batch is committed
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     units = ledger_units(out)
-    assert units and all(u["verdict"] for u in units if u["status"] == "written")
+    assert 0 < len(units) < 80  # stopped early, with every batch it judged committed
+    assert all(u["verdict"] for u in units if u["status"] == "written")
     assert len(read_jsonl(out)) == sum(u["status"] == "written" for u in units)
     code, output = run(args)
     assert code == 0, output
@@ -174,10 +181,7 @@ def test_sigint_with_verdicts_pending_commits_them_and_stops(workdir, tiny_model
 def test_a_killed_run_leaves_no_worker_processes(workdir, tiny_model, sample_data):
     out = workdir / "pairs.jsonl"
     args = generate_args(tiny_model, sample_data, out, max_samples=12, batch_size=2, db_root=DB_ROOT)
-    process = start(args, fault="after_commit:sleep@2")
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out.exists() and out.stat().st_size):
-        time.sleep(0.1)
+    process = start_until_lines(args, out, fault="after_commit:sleep@2")
     workers = children(process.pid)
     assert workers, "the executing workers should be running"
     process.send_signal(signal.SIGKILL)
