@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefgen.errors import ConfigError
+from prefgen.errors import CheckError, ConfigError
 from prefgen.execute import connect, database_path, run_query
 from prefgen.verdict import Verdict, judge_execution
 
@@ -130,6 +130,13 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) // 2))
 
 
+def _died(exc: BaseException) -> CheckError:
+    return CheckError(
+        f"a process executing SQL for --db-root died ({exc})",
+        hint="run the same command again: nothing committed is lost (lower --exec-workers if memory is short)",
+    )
+
+
 class CheckerPool:
     """Checkers in worker processes (spawned, never forked from a process running torch)."""
 
@@ -149,7 +156,18 @@ class CheckerPool:
             self.executor.submit(_warm_up)
 
     def submit(self, db_id: str, gold: str, rejected: str) -> Future:
-        return self.executor.submit(_check_in_worker, db_id, gold, rejected)
+        try:
+            return self.executor.submit(_check_in_worker, db_id, gold, rejected)
+        except BrokenExecutor as exc:
+            raise _died(exc) from exc
+
+    @staticmethod
+    def result(future: Future) -> Verdict:
+        """A submitted check's verdict; a worker that died (killed, out of memory) is an error."""
+        try:
+            return future.result()
+        except BrokenExecutor as exc:
+            raise _died(exc) from exc
 
     def close(self, wait: bool = True) -> None:
         self.executor.shutdown(wait=wait, cancel_futures=True)

@@ -41,6 +41,10 @@ class Locked(PrefgenError):
     """Another prefgen process holds the ledger or the output."""
 
 
+class CheckError(PrefgenError):
+    """A process executing SQL for execution verdicts died."""
+
+
 class OutOfMemory(PrefgenError):
     """The device ran out of memory while generating a batch."""
 

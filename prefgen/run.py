@@ -355,14 +355,17 @@ class GenerateRun:
                 return
             self.waiting.popleft()
             if verdicts:
-                judged = [
-                    item if check is None else with_verdict(item, check.result(), self.policy.keeps(check.result()))
-                    for item, check in zip(judged, verdicts, strict=True)
-                ]
+                judged = [self.with_verdict(item, check) for item, check in zip(judged, verdicts, strict=True)]
             self.journal.commit(self.run_id, judged)
             self.done += len(judged)
             self.bar.update(len(judged))
             self.plan_further_attempts(judged)
+
+    def with_verdict(self, item, check: Future | None):
+        if check is None:
+            return item
+        verdict = self.checker.result(check)
+        return with_verdict(item, verdict, self.policy.keeps(verdict))
 
     def plan_further_attempts(self, judged: list) -> None:
         """--max-attempts: once all of a sample's units are committed, plan its next wave."""

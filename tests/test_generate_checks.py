@@ -192,6 +192,29 @@ def test_a_killed_run_leaves_no_worker_processes(workdir, tiny_model, sample_dat
     assert not any(alive(pid) for pid in workers)
 
 
+def test_a_worker_that_dies_stops_the_run_with_an_error_and_the_run_resumes(workdir, tiny_model, sample_data):
+    out = workdir / "pairs.jsonl"
+    args = generate_args(tiny_model, sample_data, out, max_samples=40, batch_size=2, db_root=DB_ROOT)
+    process = start_until_lines(args, out, fault=None)
+    workers = [pid for pid in children(process.pid) if "spawn_main" in cmdline(pid)]
+    assert workers
+    os.kill(workers[0], signal.SIGKILL)  # as the kernel's OOM killer would
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr
+    assert "Error: a process executing SQL for --db-root died" in stderr and "Traceback" not in stderr
+    code, output = run(args)
+    assert code == 0, output
+    units = ledger_units(out)
+    assert len(units) == 80 and len(read_jsonl(out)) == sum(u["status"] == "written" for u in units)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
