@@ -110,13 +110,16 @@ def kill_mid_run(process, out, rng) -> None:
     process.kill()
 
 
-def test_chaos_kill_9_at_random_moments(workdir, tiny_model, sample_data, reference):
-    """At least 10 SIGKILLs over one run, at fault points and at random times, then a clean finish."""
+@pytest.mark.parametrize("db_root", ["", str(ROOT / "examples" / "spider_en" / "db")], ids=["plain", "db-root"])
+def test_chaos_kill_9_at_random_moments(workdir, tiny_model, sample_data, reference, db_root):
+    """At least 10 SIGKILLs over one run, at fault points and at random times, then a clean finish;
+    with --db-root, kills also land while verdicts are being computed in the worker processes."""
     import random
 
     seed = int(os.environ.get("PREFGEN_CHAOS_SEED", time.time_ns() % 100_000))
     rng = random.Random(seed)
     flags = dict(num_rejects=3, max_samples=0, batch_size=2, max_new_tokens=24, dedup_rejects=True, overlap=True)
+    flags["db_root"] = db_root or None
     out = workdir / "pairs.jsonl"
     args = generate_args(tiny_model, sample_data, out, **flags)
     faults = [
@@ -147,7 +150,8 @@ def test_chaos_kill_9_at_random_moments(workdir, tiny_model, sample_data, refere
     assert out.read_bytes() == reference(**flags), f"seed {seed}"
     assert_ledger_agrees_with_file(out)
     units = ledger_units(out)
-    assert len(units) == 168 and {u["status"] for u in units} <= {"written", "duplicate", "no_sql"}
+    assert len(units) == 168 and {u["status"] for u in units} <= {"written", "duplicate", "no_sql", "dropped"}
+    assert all(bool(u["verdict"]) == bool(db_root) for u in units if u["status"] == "written")
 
 
 def test_resume_with_another_batch_size_gives_the_same_text(workdir, tiny_model, sample_data, reference):
