@@ -40,6 +40,11 @@ def write_json(path: Path, records: list[dict]) -> Path:
     return path
 
 
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
 def sample_records(count: int) -> list[dict]:
     """`count` records cycled from the shipped Spider sample."""
     base = json.loads(SAMPLE.read_text(encoding="utf-8"))
@@ -272,6 +277,86 @@ def verdict_comparison(engine, cfg: GenerateConfig, work: Path) -> dict:
     return {"rows": [off, on], "ratio": ratio, "verdicts": verdicts}
 
 
+VARIANT_KINDS = ("reformatted", "columns reordered", "DISTINCT dropped", "wrong filter")
+_FLIPPED = {"GT": "LT", "LT": "GT", "GTE": "LTE", "LTE": "GTE", "EQ": "NEQ", "NEQ": "EQ"}
+
+
+def gold_variants(gold: str) -> dict[str, str]:
+    """Hand-made kinds of rejects of one gold query, where its shape allows them."""
+    import sqlglot
+    from sqlglot import exp
+
+    variants = {"reformatted": " ".join(gold.split()).rstrip(";") + " ;"}
+    try:
+        tree = sqlglot.parse_one(gold, read="sqlite")
+    except sqlglot.errors.SqlglotError:
+        return variants
+    if not isinstance(tree, exp.Select):
+        return variants
+    columns = tree.expressions
+    if len(columns) >= 2 and not any(isinstance(c, exp.Star) for c in columns):
+        reordered = tree.copy()
+        reordered.set("expressions", [c.copy() for c in reversed(columns)])
+        variants["columns reordered"] = reordered.sql(dialect="sqlite")
+    if tree.args.get("distinct"):
+        plain = tree.copy()
+        plain.set("distinct", None)
+        variants["DISTINCT dropped"] = plain.sql(dialect="sqlite")
+    wrong = tree.copy()
+    where = wrong.args.get("where")
+    target = next((c for c in where.find_all(exp.Binary) if type(c).__name__ in _FLIPPED), None) if where else None
+    if target is not None:
+        flipped = getattr(exp, _FLIPPED[type(target).__name__])
+        target.replace(flipped(this=target.this.copy(), expression=target.expression.copy()))
+        variants["wrong filter"] = wrong.sql(dialect="sqlite")
+    return variants
+
+
+def verify_variants(work: Path) -> dict:
+    """`prefgen verify` on hand-made variants of the shipped real gold queries (English and
+    German Spider): the time it takes, and the verdicts per kind of variant."""
+    from collections import Counter
+
+    from prefgen.checker import Checker, CheckPolicy
+    from prefgen.verify import judge_pair, verify_file
+
+    sets = {
+        "en": (SAMPLE, DB_ROOT),
+        "de": (SAMPLE.parent.parent / "spider_de" / "spider_de_alpaca.json", SAMPLE.parent.parent / "spider_de" / "db"),
+    }
+    table: Counter = Counter()
+    seconds, kept, dropped, pairs, golds = 0.0, Counter(), Counter(), 0, set()
+    for name, (data, root) in sets.items():
+        lines = []
+        checker = Checker(CheckPolicy(str(root)))
+        for record in json.loads(data.read_text(encoding="utf-8")):
+            golds.add(record["output"])
+            for kind, sql in gold_variants(record["output"]).items():
+                lines.append({**record, "chosen": record["output"], "rejected": sql})
+                table[(kind, judge_pair(checker, record["db_id"], record["output"], sql).verdict)] += 1
+        checker.close()
+        source = write_jsonl(work / f"variants_{name}.jsonl", lines)
+        started = time.perf_counter()
+        summary = verify_file(str(source), str(work / f"verified_{name}.jsonl"), CheckPolicy(str(root)))
+        seconds += time.perf_counter() - started
+        kept.update(summary.kept)
+        dropped.update(summary.dropped)
+        pairs += len(lines)
+    click.echo(f"\nprefgen verify: {pairs} variants of {len(golds)} real gold queries (Spider en, de): {seconds:.2f} s")
+    click.echo(f"  kept {dict(sorted(kept.items()))}; dropped {dict(sorted(dropped.items()))}")
+    for kind in VARIANT_KINDS:
+        row_ = {verdict: n for (k, verdict), n in sorted(table.items()) if k == kind}
+        click.echo(f"  {kind:<18} {sum(row_.values()):>4}: {row_}")
+    return {
+        "pairs": pairs,
+        "golds": len(golds),
+        "seconds": seconds,
+        "kept": dict(kept),
+        "dropped": dict(dropped),
+        "by_kind": {f"{k}: {v}": n for (k, v), n in sorted(table.items())},
+    }
+
+
 def measure_start(model: str, data: Path, out: Path, device: str) -> tuple[float, int]:
     """(seconds, peak RSS in KiB) of a fresh `prefgen generate --max-samples 100` process."""
     args = [
@@ -348,7 +433,7 @@ def startup_comparison(model: str, device: str, work: Path) -> dict:
 @click.option("--skip-startup", is_flag=True, help="Skip the 1,000,000-record start-up measurement.")
 @click.option(
     "--only",
-    type=click.Choice(["main", "grouping", "dropping", "verdicts", "startup"]),
+    type=click.Choice(["main", "grouping", "dropping", "verdicts", "startup", "verify"]),
     multiple=True,
     help="Run only these comparisons (repeatable) [default: all].",
 )
@@ -379,22 +464,25 @@ def main(model, device, samples, rejects, max_new_tokens, batch_size, skip_start
             device=device,
             seed=1234,
         )
-        engine = load_engine(cfg)
-        click.echo(
-            f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}, device {engine.device}"
-        )
-        click.echo(f"Work: {samples} samples x {rejects} rejects, {max_new_tokens} new tokens, batch {batch_size}")
+        results = {}
+        if not only or "verify" in only:
+            results["verify"] = verify_variants(work)
         comparisons = {
             "main": main_comparison,
             "grouping": grouping_comparison,
             "dropping": dropping_comparison,
             "verdicts": verdict_comparison,
         }
-        results = {}
-        for name, compare in comparisons.items():
-            if not only or name in only:
-                results[name] = compare(engine, cfg, work)
+        if not only or set(only) & set(comparisons):
+            engine = load_engine(cfg)
+            click.echo(
+                f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+                f"torch {torch.__version__}, device {engine.device}"
+            )
+            click.echo(f"Work: {samples} samples x {rejects} rejects, {max_new_tokens} new tokens, batch {batch_size}")
+            for name, compare in comparisons.items():
+                if not only or name in only:
+                    results[name] = compare(engine, cfg, work)
         if (not only and not skip_startup) or "startup" in only:
             results["startup"] = startup_comparison(model, device, work)
     if json_out:

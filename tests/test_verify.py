@@ -170,3 +170,33 @@ def test_verify_names_a_line_without_its_database_field(workdir):
     result = run_cli(["verify", str(source), "--db-root", str(EN), "--output", str(workdir / "o.jsonl")], expect=1)
     assert "line 1: field 'db_id' is missing or not a string" in result.output
     assert not (workdir / "o.jsonl").exists()
+
+
+def test_verdicts_on_variants_of_every_shipped_gold_query():
+    """The variants `make bench` reports on (README, docs/benchmarks.md), over 302 real golds:
+    a reformatted gold is never a reject, a reordered one never wrong, a flipped filter rarely right."""
+    import json
+    from collections import Counter
+
+    from prefgen.bench import gold_variants
+    from prefgen.checker import Checker, CheckPolicy
+    from prefgen.verify import judge_pair
+
+    table = Counter()
+    for data, root in (
+        (ROOT / "examples/spider_en/department_store_alpaca.json", EN),
+        (DE.parent / "spider_de_alpaca.json", DE),
+    ):
+        checker = Checker(CheckPolicy(str(root)))
+        for record in json.loads(data.read_text(encoding="utf-8")):
+            for kind, sql in gold_variants(record["output"]).items():
+                table[kind, judge_pair(checker, record["db_id"], record["output"], sql).verdict] += 1
+        checker.close()
+    kinds = {kind for kind, _ in table}
+    assert kinds == {"reformatted", "columns reordered", "DISTINCT dropped", "wrong filter"}
+    assert {v for k, v in table if k == "reformatted"} == {"same_as_gold"}
+    for kind in ("columns reordered", "DISTINCT dropped"):
+        assert {v for k, v in table if k == kind} <= {"equivalent", "unverifiable"}
+        assert table[kind, "equivalent"] > table[kind, "unverifiable"]
+    wrong = sum(n for (k, _), n in table.items() if k == "wrong filter")
+    assert table["wrong filter", "wrong_result"] > 0.8 * wrong
