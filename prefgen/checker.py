@@ -29,8 +29,8 @@ class CheckPolicy:
     db_root: str
     db_field: str = "db_id"
     equivalence: str = "lenient"
-    keep_timeout: bool = True
-    keep_unverifiable: bool = True
+    drop_timeout: bool = False
+    drop_unverifiable: bool = False
     time_limit: float = 5.0
     max_rows: int = 100_000
 
@@ -48,7 +48,7 @@ class CheckPolicy:
 
     def keeps(self, verdict: Verdict) -> bool:
         """Whether a reject with this verdict is worth training on, under this policy."""
-        return verdict.kept(self.equivalence, self.keep_timeout, self.keep_unverifiable)
+        return verdict.kept(self.equivalence, not self.drop_timeout, not self.drop_unverifiable)
 
 
 class Checker:
@@ -169,5 +169,5 @@ class CheckerPool:
         except BrokenExecutor as exc:
             raise _died(exc) from exc
 
-    def close(self, wait: bool = True) -> None:
-        self.executor.shutdown(wait=wait, cancel_futures=True)
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)

@@ -11,6 +11,7 @@ import threading
 import click
 
 from prefgen import __version__
+from prefgen.checker import EQUIVALENCE_MODES
 from prefgen.errors import Interrupted, PrefgenError
 
 EXIT_INCOMPLETE = 3  # the run ended, but some units are oom/error and wait for the next run
@@ -111,7 +112,7 @@ def check_options(command):
         click.option("--db-field", default="db_id", show_default=True, help="Record field holding the database id."),
         click.option(
             "--equivalence",
-            type=click.Choice(["lenient", "multiset", "ordered"]),
+            type=click.Choice(EQUIVALENCE_MODES),
             default="lenient",
             show_default=True,
             help="Drop rejects whose result equals the gold's under this comparison.",
@@ -351,7 +352,7 @@ def run_system_prompt(pairs: str) -> str:
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="JSONL of the kept pairs.")
 @check_options
 @friendly_errors
-def verify(pairs, output, drop_timeout, drop_unverifiable, **options):
+def verify(pairs, output, **options):
     """Judge an existing preference file by executing gold and rejected SQL.
 
     \b
@@ -361,7 +362,7 @@ def verify(pairs, output, drop_timeout, drop_unverifiable, **options):
     from prefgen.checker import CheckPolicy
     from prefgen.verify import format_summary, verify_file
 
-    policy = CheckPolicy(keep_timeout=not drop_timeout, keep_unverifiable=not drop_unverifiable, **options)
+    policy = CheckPolicy(**options)
     summary = verify_file(pairs, output, policy)
     click.echo(format_summary(summary))
     click.echo(f"Kept pairs written to {output}")

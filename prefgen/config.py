@@ -27,7 +27,8 @@ FINGERPRINT_FIELDS = (
     "rank",
     "world_size",
 )
-# Added later: in the fingerprint only when used, so that older ledgers still resume.
+# The fields of checker.CheckPolicy (--db-root). Added later: in the fingerprint only when
+# used, so that older ledgers still resume.
 CHECK_FIELDS = ("db_root", "db_field", "equivalence", "drop_timeout", "drop_unverifiable", "time_limit", "max_rows")
 
 
@@ -126,15 +127,7 @@ class GenerateConfig:
             return None
         from prefgen.checker import CheckPolicy
 
-        return CheckPolicy(
-            self.db_root,
-            self.db_field,
-            self.equivalence,
-            keep_timeout=not self.drop_timeout,
-            keep_unverifiable=not self.drop_unverifiable,
-            time_limit=float(self.time_limit),
-            max_rows=self.max_rows,
-        )
+        return CheckPolicy(**{name: getattr(self, name) for name in CHECK_FIELDS})
 
     @property
     def output_path(self) -> Path:

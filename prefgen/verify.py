@@ -19,10 +19,9 @@ import orjson
 from prefgen.checker import Checker, CheckPolicy
 from prefgen.errors import InputError
 from prefgen.export import read_pairs
+from prefgen.judge import SAME_AS_GOLD
 from prefgen.normalize import normalize_sql
 from prefgen.verdict import Verdict
-
-SAME_AS_GOLD = "same_as_gold"
 
 
 @dataclass
