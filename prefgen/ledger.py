@@ -225,6 +225,11 @@ def _connect(path: Path, readonly: bool) -> sqlite_utils.Database:
     return sqlite_utils.Database(conn)
 
 
+def _samples_below(max_sample: int | None) -> tuple[str, list]:
+    """A `where` condition (and its parameters) for samples below --max-samples, if set."""
+    return ("sample_index < ?", [max_sample]) if max_sample is not None else ("1", [])
+
+
 class Ledger:
     """One run's ledger. Opened read-write it migrates; read-only it only checks."""
 
@@ -355,16 +360,15 @@ class Ledger:
             ) from exc
 
     def status_counts(self, max_sample: int | None = None) -> dict[str, int]:
-        where, params = ("where sample_index < ?", [max_sample]) if max_sample is not None else ("", [])
-        rows = self.db.query(f"select status, count(*) as n from units {where} group by status", params)
+        below, params = _samples_below(max_sample)
+        rows = self.db.query(f"select status, count(*) as n from units where {below} group by status", params)
         return {r["status"]: r["n"] for r in rows}
 
     def further_attempts(self, num_rejects: int, max_sample: int | None = None) -> int:
         """Units beyond the first num_rejects of their sample (--max-attempts)."""
-        where, params = ("and sample_index < ?", [max_sample]) if max_sample is not None else ("", [])
-        return next(
-            self.db.query(f"select count(*) as n from units where reject_index >= ? {where}", [num_rejects, *params])
-        )["n"]
+        below, params = _samples_below(max_sample)
+        sql = f"select count(*) as n from units where reject_index >= ? and {below}"
+        return next(self.db.query(sql, [num_rejects, *params]))["n"]
 
     def written_lines(self, order: str = "file") -> Iterator[dict]:
         """Every written unit's line and offset, in file order or (sample, reject) order."""
