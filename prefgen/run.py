@@ -18,7 +18,7 @@ import threading
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterator
 
@@ -177,10 +177,11 @@ class GenerateRun:
     def counts(self) -> dict[str, int]:
         return self.ledger.status_counts(max_sample=self.cfg.max_samples or None)
 
-    def pending(self, kept: dict[int, set[str]]):
+    def pending(self) -> Iterator[WorkUnit]:
+        """The units still to generate; fills self.kept (for --dedup-rejects) as it goes."""
         cfg = self.cfg
         return pending_units(
-            self.records(), self.ledger, cfg.num_rejects, cfg.seed, kept, cfg.dedup_rejects, cfg.attempts
+            self.records(), self.ledger, cfg.num_rejects, cfg.seed, self.kept, cfg.dedup_rejects, cfg.attempts
         )
 
     def execute(self, argv: list[str], engine=None) -> Summary:
@@ -202,11 +203,13 @@ class GenerateRun:
             done_before = sum(n for status, n in counts.items() if status not in RETRIED_STATUSES)
             total = samples * cfg.num_rejects + ledger.further_attempts(cfg.num_rejects, cfg.max_samples or None)
             summary = Summary(total, done_before, 0, counts, cfg.output_path, cfg.ledger_path)
-            if next(self.pending({}), None) is None:
+            units = self.pending()  # one pass: its first unit tells whether there is work
+            first = next(units, None)
+            if first is None:
                 return summary
             self.run_id = ledger.start_run(cfg.settings(), argv)
             try:
-                summary.done_now = self.run_batches(summary, engine)
+                summary.done_now = self.run_batches(summary, chain([first], units), engine)
             except Interrupted as exc:
                 ledger.end_run(self.run_id, "interrupted", reason=str(exc))
                 raise
@@ -250,7 +253,7 @@ class GenerateRun:
         self.ledger.record_event(self.run_id, "batch_size_auto", {"rows": rows, "prompt_tokens": longest})
         return rows
 
-    def run_batches(self, summary: Summary, engine=None) -> int:
+    def run_batches(self, summary: Summary, units: Iterator[WorkUnit], engine=None) -> int:
         """Generate batch after batch; while one batch generates (in a background thread), the
         previous one is judged, checked and committed here, in order."""
         cfg = self.cfg
@@ -266,7 +269,6 @@ class GenerateRun:
             # Measured on CPU, overlapping only makes generation and commits share the cores
             # (docs/benchmarks.md); on a GPU the generating thread waits on the device.
             self.overlap = cfg.overlap if cfg.overlap is not None else engine.device.startswith("cuda")
-            units = self.pending(self.kept)
             with progress_bar(summary.total_units, summary.done_before, self.show_progress) as self.bar:
                 while True:
                     for batch in batches(
