@@ -117,10 +117,43 @@ def check_options(command):
             show_default=True,
             help="Drop rejects whose result equals the gold's under this comparison.",
         ),
-        click.option("--drop-timeout", is_flag=True, help="Drop rejects that ran out of time (kept by default)."),
-        click.option("--drop-unverifiable", is_flag=True, help="Drop rejects that cannot be judged (kept by default)."),
+        click.option(
+            "--drop-timeout/--keep-timeout",
+            default=None,
+            help="Whether an answer that ran out of time is dropped or kept as a reject "
+            "[default: kept, with on-policy pairs dropped].",
+        ),
+        click.option(
+            "--drop-unverifiable/--keep-unverifiable",
+            default=None,
+            help="Whether an answer that cannot be judged is dropped or kept as a reject "
+            "[default: kept, with on-policy pairs dropped].",
+        ),
         click.option("--time-limit", type=float, default=5.0, show_default=True, help="Seconds per query."),
         click.option("--max-rows", type=int, default=100_000, show_default=True, help="Rows fetched per query."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def pair_options(command):
+    """How on-policy pairs are made, shared by generate and pair."""
+    options = [
+        click.option(
+            "--answer",
+            type=click.Choice(["sql", "full"]),
+            default="sql",
+            show_default=True,
+            help="On-policy pairs hold the extracted SQL, or the whole answer (reasoning included).",
+        ),
+        click.option(
+            "--fallback",
+            type=click.Choice(["none", "gold"]),
+            default="none",
+            show_default=True,
+            help="A sample with wrong answers but no correct one: no pair, or the gold as chosen (--answer sql).",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
@@ -217,6 +250,15 @@ def check_options(command):
 @click.option(
     "--exec-workers", type=int, default=0, help="Processes executing SQL for --db-root [default: min(4, cores/2)]."
 )
+@click.option(
+    "--pairs",
+    type=click.Choice(["gold", "onpolicy"]),
+    default="gold",
+    show_default=True,
+    help="gold: the gold query is chosen; onpolicy: the model's own correct answer is chosen and "
+    "its wrong one rejected (needs --db-root).",
+)
+@pair_options
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @friendly_errors
 def generate(no_progress, **options):
@@ -366,6 +408,35 @@ def verify(pairs, output, **options):
     summary = verify_file(pairs, output, policy)
     click.echo(format_summary(summary))
     click.echo(f"Kept pairs written to {output}")
+
+
+@cli.command()
+@click.argument("candidates", type=click.Path(dir_okay=False))
+@click.option("--db-root", required=True, type=click.Path(file_okay=False), help="DIR/<db_id>/<db_id>.sqlite")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="JSONL of the pairs.")
+@click.option("--num-rejects", "num_pairs", type=int, default=1, show_default=True, help="Pairs per record, at most.")
+@pair_options
+@check_options
+@friendly_errors
+def pair(candidates, output, num_pairs, answer, fallback, **options):
+    """Form on-policy pairs from answers generated elsewhere.
+
+    CANDIDATES is JSON Lines: one line per answer, the record's fields (instruction, input,
+    output = gold, db_id) plus `answer`; the lines of one record consecutive. Answers are
+    judged by execution and paired as `generate --pairs onpolicy` pairs them.
+
+    \b
+    Example:
+      prefgen pair answers.jsonl --db-root spider/database --output pairs.jsonl --num-rejects 2
+    """
+    from prefgen.candidates import format_pair_summary, pair_file
+    from prefgen.checker import CheckPolicy
+
+    for name in ("drop_timeout", "drop_unverifiable"):  # on-policy: only verified answers pair
+        options[name] = True if options[name] is None else options[name]
+    summary = pair_file(candidates, output, CheckPolicy(**options), num_pairs, answer, fallback)
+    click.echo(format_pair_summary(summary))
+    click.echo(f"Pairs written to {output}")
 
 
 @cli.group()

@@ -23,6 +23,7 @@ from prefgen.errors import OutputError
 from prefgen.faults import fault_point
 from prefgen.judge import WRITTEN, Judged
 from prefgen.ledger import Ledger
+from prefgen.pairing import Pair, SamplePairs, pair_fields
 
 log = logging.getLogger("prefgen")
 
@@ -31,15 +32,39 @@ _OWN_FIELDS = ("instruction", "input", "output")
 _HASH_BLOCK = 1 << 20
 
 
-def output_line(item: Judged) -> bytes:
-    """The JSONL line of a kept reject: the pair, the record's extra fields, and tracing ids."""
-    record = item.unit.record
-    line = {"instruction": record.instruction, "input": record.input, "chosen": record.output, "rejected": item.sql}
+def _line(record, chosen: str, rejected: str, tracing: dict) -> bytes:
+    """A JSONL line: the pair, the record's extra fields, then where the pair came from."""
+    line = {"instruction": record.instruction, "input": record.input, "chosen": chosen, "rejected": rejected}
     line.update((k, v) for k, v in record.fields.items() if k not in _OWN_FIELDS and k not in line)
-    line.update(sample_index=item.unit.sample_index, reject_index=item.unit.reject_index, seed=item.unit.seed)
-    if item.verdict is not None:
-        line.update(verdict=item.verdict.verdict, verdict_detail=item.verdict.detail)
+    line.update(sample_index=record.index, **tracing)
     return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def output_line(item: Judged) -> bytes:
+    """The JSONL line of a kept reject (--pairs gold): the gold is chosen."""
+    tracing = {"reject_index": item.unit.reject_index, "seed": item.unit.seed}
+    if item.verdict is not None:
+        tracing.update(verdict=item.verdict.verdict, verdict_detail=item.verdict.detail)
+    return _line(item.unit.record, item.unit.record.output, item.sql, tracing)
+
+
+def pair_line(sample: SamplePairs, pair: Pair) -> bytes:
+    """The JSONL line of an on-policy pair, with both sides' attempts, seeds and verdicts."""
+    fields = pair_fields(pair, sample.record.output, sample.answer)
+    chosen, rejected = fields.pop("chosen"), fields.pop("rejected")
+    return _line(sample.record, chosen, rejected, fields)
+
+
+def sample_row(sample: SamplePairs) -> dict:
+    """The ledger row of a sample whose pairs are formed (--pairs onpolicy)."""
+    return {
+        "sample_index": sample.record.index,
+        "candidates": len(sample.candidates),
+        "chosen_candidates": sample.count("chosen"),
+        "rejected_candidates": sample.count("rejected"),
+        "pairs": len(sample.pairs),
+        "fallback": int(sample.fallback),
+    }
 
 
 def unit_row(item: Judged) -> dict:
@@ -57,6 +82,7 @@ def unit_row(item: Judged) -> dict:
         "prompt_tokens": answer.prompt_tokens,
         "new_tokens": answer.new_tokens,
         "gen_seconds": answer.seconds,
+        "role": item.role,
         "verdict": verdict and verdict.verdict,
         "verdict_detail": verdict and verdict.detail,
         "multiset_differs": verdict and int(verdict.multiset_differs),
@@ -152,9 +178,10 @@ class OutputJournal:
             os.close(self.fd)
             self.fd = None
 
-    def commit(self, run_id: int, items: list[Judged]) -> None:
-        """Write the batch's kept lines, then record the whole batch in the ledger."""
-        rows, lines, offset = [], [], self.committed
+    def commit(self, run_id: int, items: list[Judged], samples: list[SamplePairs] = ()) -> None:
+        """Write the batch's kept lines and the pairs of the samples it completes (--pairs
+        onpolicy), then record it all in the ledger in one transaction."""
+        rows, pairs, lines, offset = [], [], [], self.committed
         for item in items:
             row = unit_row(item)
             if item.status == WRITTEN:
@@ -163,6 +190,23 @@ class OutputJournal:
                 lines.append(line)
                 offset += len(line)
             rows.append(row)
+        for sample in samples:
+            for pair in sample.pairs:
+                line = pair_line(sample, pair)
+                pairs.append(
+                    {
+                        "sample_index": sample.record.index,
+                        "pair_index": pair.index,
+                        "chosen_source": "gold" if pair.chosen is None else "model",
+                        "chosen_attempt": pair.chosen and pair.chosen.attempt,
+                        "rejected_attempt": pair.rejected.attempt,
+                        "line_offset": offset,
+                        "line_length": len(line),
+                        "line": line.decode(),
+                    }
+                )
+                lines.append(line)
+                offset += len(line)
         data = b"".join(lines)
         try:
             self._append(data)
@@ -170,7 +214,11 @@ class OutputJournal:
             digest = self.digest.copy()
             digest.update(data)
             self.ledger.commit_units(
-                run_id, rows, {"output_committed": str(offset), "output_sha256": digest.hexdigest()}
+                run_id,
+                rows,
+                {"output_committed": str(offset), "output_sha256": digest.hexdigest()},
+                pairs,
+                [sample_row(sample) for sample in samples],
             )
         except Exception:
             self._rollback()

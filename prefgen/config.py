@@ -30,6 +30,8 @@ FINGERPRINT_FIELDS = (
 # The fields of checker.CheckPolicy (--db-root). Added later: in the fingerprint only when
 # used, so that older ledgers still resume.
 CHECK_FIELDS = ("db_root", "db_field", "equivalence", "drop_timeout", "drop_unverifiable", "time_limit", "max_rows")
+# --pairs onpolicy and how its pairs are made; in the fingerprint only in that mode.
+PAIR_FIELDS = ("pairs", "answer", "fallback")
 
 
 def looks_local(ref: str) -> bool:
@@ -79,14 +81,21 @@ class GenerateConfig:
     db_root: str = ""  # execute gold and rejects against DIR/<db_id>/<db_id>.sqlite; "": do not
     db_field: str = "db_id"
     equivalence: str = "lenient"
-    drop_timeout: bool = False
-    drop_unverifiable: bool = False
+    drop_timeout: bool | None = None  # None: kept as rejects with --pairs gold, neither with onpolicy
+    drop_unverifiable: bool | None = None
     time_limit: float = 5.0
     max_rows: int = 100_000
     exec_workers: int = 0  # processes executing SQL; 0: min(4, cores / 2)
+    pairs: str = "gold"  # gold: the gold is chosen; onpolicy: the model's own correct answer
+    answer: str = "sql"  # onpolicy: what a side holds: the extracted SQL, or the whole answer
+    fallback: str = "none"  # onpolicy: "gold" pairs the gold with a sample that has no correct answer
 
     def __post_init__(self):
         check_num_rejects(self.num_rejects)
+        self._check_pairs()
+        for name in ("drop_timeout", "drop_unverifiable"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, self.pairs == "onpolicy")
         if isinstance(self.dedup_rejects, bool):  # `dedup-rejects: true` in a config file
             object.__setattr__(self, "dedup_rejects", "exact" if self.dedup_rejects else "")
         if self.dedup_rejects not in ("", "exact", "sql"):
@@ -115,6 +124,29 @@ class GenerateConfig:
             )
         if self.exec_workers < 0:
             raise ConfigError(f"--exec-workers must be 0 (automatic) or more, not {self.exec_workers}")
+
+    def _check_pairs(self) -> None:
+        from prefgen.pairing import PAIR_MODES, check_pair_modes
+
+        if self.pairs not in PAIR_MODES:
+            raise ConfigError(f"--pairs must be one of {', '.join(PAIR_MODES)}, not {self.pairs!r}")
+        check_pair_modes(self.answer, self.fallback)
+        if self.pairs == "gold":
+            if self.answer != "sql" or self.fallback != "none":
+                raise ConfigError(
+                    "--answer full and --fallback gold need --pairs onpolicy",
+                    hint="with --pairs gold the gold query is always the chosen side",
+                )
+            return
+        if not self.db_root:
+            raise ConfigError(
+                "--pairs onpolicy needs --db-root: answers are judged by executing them",
+                hint="give the directory holding <db_id>/<db_id>.sqlite (Spider's and BIRD's database/)",
+            )
+
+    @property
+    def onpolicy(self) -> bool:
+        return self.pairs == "onpolicy"
 
     @property
     def attempts(self) -> int:
@@ -154,6 +186,8 @@ class GenerateConfig:
             values.update({name: getattr(self, name) for name in CHECK_FIELDS})
             values["db_root"] = str(Path(self.db_root).expanduser().resolve())
             values["time_limit"] = float(self.time_limit)
+        if self.onpolicy:
+            values.update({name: getattr(self, name) for name in PAIR_FIELDS})
         return values
 
     def settings(self) -> dict:

@@ -6,6 +6,11 @@ Statuses: `written` (a line in the JSONL), `same_as_gold` (the gold query, up to
 says no evaluator would call it wrong: see checker.py and verdict.py). Units that could not be
 generated are `oom` or `error` and are retried by the next run.
 
+With `--pairs onpolicy` a unit is not a line of its own but a `candidate`: every answer with
+SQL is executed (the gold query again is a correct answer, not a same_as_gold), and its
+verdict gives it a role: `chosen` (correct), `rejected` (wrong, or failing) or `neither`.
+pairing.py forms the sample's pairs once all its candidates are judged.
+
 Duplicates are judged against the earlier candidates of the sample (written or dropped):
 the same SQL gets the same verdict, so it is not executed twice.
 """
@@ -18,7 +23,7 @@ from prefgen.engine import Answer
 from prefgen.extract import extract_sql
 from prefgen.normalize import normalize_sql
 from prefgen.plan import WorkUnit
-from prefgen.verdict import Verdict
+from prefgen.verdict import EMPTY_RESULTS, EQUIVALENT, Verdict
 
 WRITTEN = "written"
 SAME_AS_GOLD = "same_as_gold"
@@ -28,9 +33,11 @@ DROPPED = "dropped"
 OOM = "oom"
 ERROR = "error"
 RETRY = "retry"
+CANDIDATE = "candidate"  # --pairs onpolicy: a judged answer, with a role
 
-STATUSES = (WRITTEN, SAME_AS_GOLD, DUPLICATE, NO_SQL, DROPPED, OOM, ERROR, RETRY)
-CANDIDATE_STATUSES = (WRITTEN, DROPPED)  # rejects that later ones are deduplicated against
+STATUSES = (WRITTEN, SAME_AS_GOLD, DUPLICATE, NO_SQL, DROPPED, OOM, ERROR, RETRY, CANDIDATE)
+CANDIDATE_STATUSES = (WRITTEN, DROPPED, CANDIDATE)  # answers that later ones are deduplicated against
+CHOSEN, REJECTED, NEITHER = "chosen", "rejected", "neither"  # a candidate's roles
 DEDUP_MODES = ("", "exact", "sql")  # off; identical text; identical after normalize_sql
 RETRIED_STATUSES = (OOM, ERROR, RETRY)  # a later run generates these units again
 
@@ -45,10 +52,25 @@ class Judged:
     sql: str = ""
     detail: str = ""
     verdict: Verdict | None = None  # the execution verdict, with --db-root
+    role: str | None = None  # --pairs onpolicy: chosen, rejected or neither
+
+
+def candidate_role(verdict: Verdict, kept_as_reject: bool) -> str:
+    """What a judged candidate can be in an on-policy pair, given whether the policy keeps it
+    as a reject. A correct answer is never a reject; it is a chosen unless both it and the
+    gold return no rows (an empty result proves little)."""
+    if kept_as_reject:
+        return REJECTED
+    if verdict.verdict == EQUIVALENT and verdict.detail != EMPTY_RESULTS:
+        return CHOSEN
+    return NEITHER
 
 
 def with_verdict(item: Judged, verdict: Verdict, keep: bool) -> Judged:
-    """A written candidate with its execution verdict: still written, or dropped."""
+    """A judged answer with its execution verdict: a reject written or dropped, or a candidate
+    with its role."""
+    if item.status == CANDIDATE:
+        return replace(item, verdict=verdict, detail=verdict.detail, role=candidate_role(verdict, keep))
     return replace(item, status=WRITTEN if keep else DROPPED, verdict=verdict, detail=verdict.detail)
 
 
@@ -57,8 +79,11 @@ def dedup_key(sql: str, mode: str) -> str:
     return normalize_sql(sql) if mode == "sql" else sql
 
 
-def judge_batch(units: list[WorkUnit], answers: list[Answer], kept: dict[int, set[str]], dedup: str) -> list[Judged]:
-    """Judge a batch in unit order; `kept` (sample -> dedup keys of its candidates) is updated."""
+def judge_batch(
+    units: list[WorkUnit], answers: list[Answer], kept: dict[int, set[str]], dedup: str, onpolicy: bool = False
+) -> list[Judged]:
+    """Judge a batch in unit order; `kept` (sample -> dedup keys of its candidates) is updated.
+    With `onpolicy`, answers with SQL are candidates, to be executed."""
     results = []
     for unit, answer in zip(units, answers, strict=True):
         if answer.oom:
@@ -68,12 +93,12 @@ def judge_batch(units: list[WorkUnit], answers: list[Answer], kept: dict[int, se
         seen = kept.setdefault(unit.sample_index, set())
         if not sql:
             status = NO_SQL
-        elif normalize_sql(sql) == normalize_sql(unit.record.output):
+        elif not onpolicy and normalize_sql(sql) == normalize_sql(unit.record.output):
             status = SAME_AS_GOLD
         elif dedup and dedup_key(sql, dedup) in seen:
             status = DUPLICATE
         else:
-            status = WRITTEN
+            status = CANDIDATE if onpolicy else WRITTEN
             seen.add(dedup_key(sql, dedup))
         results.append(Judged(unit, answer, status, sql))
     return results

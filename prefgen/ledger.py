@@ -186,11 +186,90 @@ def m004_verdicts(db: sqlite_utils.Database) -> None:
     )
 
 
+def m005_onpolicy_pairs(db: sqlite_utils.Database) -> None:
+    """--pairs onpolicy: each candidate's role, the pairs formed (their lines, like written
+    units'), and one row per sample whose pairs are formed; such a sample is complete."""
+    db["units"].add_column("role", str)
+    db["pairs"].create(
+        {
+            "sample_index": int,
+            "pair_index": int,
+            "chosen_source": str,
+            "chosen_attempt": int,
+            "rejected_attempt": int,
+            "run_id": int,
+            "updated_at": str,
+            "line_offset": int,
+            "line_length": int,
+            "line": str,
+        },
+        pk=("sample_index", "pair_index"),
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["paired_samples"].create(
+        {
+            "sample_index": int,
+            "candidates": int,
+            "chosen_candidates": int,
+            "rejected_candidates": int,
+            "pairs": int,
+            "fallback": int,
+            "run_id": int,
+            "updated_at": str,
+        },
+        pk="sample_index",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    for view in ("progress", "sample_progress"):
+        db[view].drop()
+    db.create_view(
+        "sample_progress",
+        """
+        with m as (
+          select n, coalesce((select cast(value as integer) from meta where key = 'max_attempts'), n) as k
+          from (select (select cast(value as integer) from meta where key = 'num_rejects') as n))
+        select s.*, (s.failed = 0 and s.units >= m.n and (s.written >= m.n or s.units >= m.k)
+            or s.sample_index in (select sample_index from paired_samples)) as complete
+        from (
+          select sample_index,
+            count(*) as units,
+            sum(status = 'written') as written,
+            sum(status = 'same_as_gold') as same_as_gold,
+            sum(status = 'duplicate') as duplicate,
+            sum(status = 'no_sql') as no_sql,
+            sum(status = 'dropped') as dropped,
+            sum(status in ('oom', 'error', 'retry')) as failed,
+            sum(role = 'chosen') as chosen,
+            sum(role = 'rejected') as rejected,
+            sum(coalesce(new_tokens, 0)) as new_tokens,
+            round(sum(coalesce(gen_seconds, 0)), 3) as gen_seconds
+          from units group by sample_index) s, m""",
+    )
+    db.create_view(
+        "progress",
+        """
+        with m as (
+          select (select cast(value as integer) from meta where key = 'samples_total') as samples,
+            (select cast(value as integer) from meta where key = 'num_rejects') as n)
+        select
+          m.samples * m.n + (select count(*) from units where reject_index >= m.n) as units_total,
+          (select count(*) from units where status not in ('oom', 'error', 'retry')) as units_done,
+          (select count(*) from units where status in ('oom', 'error', 'retry')) as units_failed,
+          m.samples as samples_total,
+          (select coalesce(sum(complete), 0) from sample_progress) as samples_complete,
+          (select count(*) from units where status = 'written') + (select count(*) from pairs) as lines_written,
+          (select coalesce(sum(new_tokens), 0) from units) as tokens_generated,
+          (select max(updated_at) from units) as last_update
+        from m""",
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     m001_initial,
     m002_views,
     m003_same_as_gold,
     m004_verdicts,
+    m005_onpolicy_pairs,
 ]
 
 
@@ -330,20 +409,19 @@ class Ledger:
 
     # --- units --------------------------------------------------------------------------------
     def units_between(self, first: int, last: int) -> dict[tuple[int, int], dict]:
-        """(sample, reject) -> {status, record_hash, sql} for the samples first..last."""
+        """(sample, reject) -> {status, record_hash, sql, role} for the samples first..last."""
         rows = self.db.query(
-            "select sample_index, reject_index, status, record_hash, sql from units where sample_index between ? and ?",
+            "select sample_index, reject_index, status, record_hash, sql, role from units"
+            " where sample_index between ? and ?",
             [first, last],
         )
         return {(r["sample_index"], r["reject_index"]): r for r in rows}
 
-    def sample_statuses(self, sample_index: int) -> dict[int, str]:
-        """reject (attempt) index -> status, for one sample."""
-        rows = self.db.query("select reject_index, status from units where sample_index = ?", [sample_index])
-        return {r["reject_index"]: r["status"] for r in rows}
-
-    def commit_units(self, run_id: int, rows: list[dict], output_state: dict) -> None:
-        """Record a batch of units and the output's new committed length in one transaction."""
+    def commit_units(
+        self, run_id: int, rows: list[dict], output_state: dict, pairs: list[dict] = (), samples: list[dict] = ()
+    ) -> None:
+        """Record a batch of units (and, --pairs onpolicy, the pairs and samples it completes)
+        and the output's new committed length in one transaction."""
         stamp = now()
         try:
             with self.db.atomic():
@@ -351,6 +429,14 @@ class Ledger:
                     [{**row, "run_id": run_id, "updated_at": stamp} for row in rows],
                     pk=("sample_index", "reject_index"),
                 )
+                if samples:
+                    self.db["pairs"].upsert_all(
+                        [{**row, "run_id": run_id, "updated_at": stamp} for row in pairs],
+                        pk=("sample_index", "pair_index"),
+                    )
+                    self.db["paired_samples"].upsert_all(
+                        [{**row, "run_id": run_id, "updated_at": stamp} for row in samples], pk="sample_index"
+                    )
                 self.set_meta(output_state)
                 self.db.execute("update runs set units_done = units_done + ? where id = ?", [len(rows), run_id])
         except sqlite3.OperationalError as exc:
@@ -371,11 +457,14 @@ class Ledger:
         return next(self.db.query(sql, [num_rejects, *params]))["n"]
 
     def written_lines(self, order: str = "file") -> Iterator[dict]:
-        """Every written unit's line and offset, in file order or (sample, reject) order."""
+        """Every line prefgen wrote (a written unit's, or an on-policy pair's as reject_index
+        pair_index), with its offset, in file order or (sample, reject or pair) order."""
         by = "line_offset" if order == "file" else "sample_index, reject_index"
         yield from self.db.query(
-            "select sample_index, reject_index, line_offset, line_length, line from units"
-            f" where status = 'written' order by {by}"
+            "select * from (select sample_index, reject_index, line_offset, line_length, line from units"
+            " where status = 'written' union all"
+            " select sample_index, pair_index, line_offset, line_length, line from pairs)"
+            f" order by {by}"
         )
 
     def mark_for_retry(self, statuses: list[str]) -> int:
@@ -405,6 +494,21 @@ class Ledger:
     def run_history(self) -> list[dict]:
         return list(self.db.query("select * from run_history"))
 
+    def paired_summary(self) -> dict:
+        """--pairs onpolicy: what the model's own answers gave, over the samples paired so far."""
+        return next(
+            self.db.query(
+                "select count(*) as samples, coalesce(sum(chosen_candidates > 0), 0) as with_correct,"
+                " coalesce(sum(chosen_candidates = 0), 0) as without_correct,"
+                " coalesce(sum(rejected_candidates = 0), 0) as without_wrong,"
+                " coalesce(sum(pairs), 0) as pairs, coalesce(sum(fallback), 0) as fallbacks,"
+                " coalesce(sum(pairs > 0), 0) as with_pairs from paired_samples"
+            )
+        )
+
+    def sample_pairs(self, sample_index: int) -> list[dict]:
+        return list(self.db.query("select * from pairs where sample_index = ? order by pair_index", [sample_index]))
+
     def sample_units(self, sample_index: int) -> list[dict]:
         return list(self.db.query("select * from units where sample_index = ? order by reject_index", [sample_index]))
 
@@ -415,15 +519,13 @@ class Ledger:
         )["n"]
 
     def verdict_counts(self) -> dict[str, int]:
-        """Execution verdicts (--db-root) -> units, split by kept (written) and dropped."""
+        """Execution verdicts (--db-root) -> units, split by kept (written) and dropped, or for
+        on-policy candidates by role."""
         rows = self.db.query(
-            "select verdict, status, count(*) as n from units where verdict is not null group by verdict, status"
+            "select verdict, case status when 'written' then 'kept' when 'candidate' then role else status end"
+            " as what, count(*) as n from units where verdict is not null group by verdict, what"
         )
-        counts: dict[str, int] = {}
-        for r in rows:
-            key = f"{r['verdict']} ({'kept' if r['status'] == 'written' else r['status']})"
-            counts[key] = r["n"]
-        return counts
+        return {f"{r['verdict']} ({r['what']})": r["n"] for r in rows}
 
     def totals(self, since: str | None = None) -> dict:
         """Units and tokens generated (and the time span they cover), optionally since a timestamp."""

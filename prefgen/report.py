@@ -66,6 +66,8 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         recent = ledger.totals(since=recent_start) if recent_start else {"units": 0, "new_tokens": 0}
         last_error = ledger.last_error()
         settings = orjson.loads(runs and ledger.runs()[-1]["settings"] or "{}")
+        mode = orjson.loads(ledger.meta("fingerprint") or "{}").get("pairs", "gold")
+        paired = ledger.paired_summary() if mode == "onpolicy" else None
     finally:
         ledger.close()
     run_seconds = sum(r["seconds"] or 0 for r in runs) or None
@@ -93,6 +95,7 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
             "pending": max(samples_total - progress["samples_complete"] - partial, 0),
         },
         "lines_written": progress["lines_written"],
+        "pairs": _pairs_data(mode, paired),
         "tokens": {"prompt": overall["prompt_tokens"], "generated": overall["new_tokens"]},
         "throughput": {
             "units_per_s": units_rate,
@@ -106,6 +109,24 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         "runs": runs,
         "last_error": last_error,
         "settings": settings,
+    }
+
+
+def _pairs_data(mode: str, paired: dict | None) -> dict:
+    """The pair mode, and with on-policy pairs what the model's own answers told about it."""
+    if paired is None:
+        return {"mode": mode}
+    samples = paired["samples"]
+    return {
+        "mode": mode,
+        "samples_paired": samples,
+        "samples_with_correct": paired["with_correct"],
+        "pass_at_k": paired["with_correct"] / samples if samples else None,
+        "samples_without_correct": paired["without_correct"],
+        "samples_without_wrong": paired["without_wrong"],
+        "samples_with_pairs": paired["with_pairs"],
+        "pairs": paired["pairs"],
+        "fallbacks": paired["fallbacks"],
     }
 
 
@@ -140,6 +161,15 @@ def format_status(data: dict) -> str:
     ]
     if units["by_verdict"]:
         lines.insert(4, "Verdicts " + ", ".join(f"{k} {v}" for k, v in sorted(units["by_verdict"].items())))
+    pairs = data["pairs"]
+    if pairs["mode"] == "onpolicy":
+        rate = f" (pass@k {100 * pairs['pass_at_k']:.1f}%)" if pairs["pass_at_k"] is not None else ""
+        lines[3:3] = [
+            f"Pairs    {pairs['pairs']} on-policy pairs from {pairs['samples_with_pairs']} samples, "
+            f"{pairs['fallbacks']} with the gold as chosen",
+            f"Answers  of {pairs['samples_paired']} samples judged, {pairs['samples_with_correct']} have a correct "
+            f"answer{rate}, {pairs['samples_without_correct']} none, {pairs['samples_without_wrong']} no wrong one",
+        ]
     lines.append("Runs")
     for run in data["runs"]:
         backoffs = f", {run['oom_backoffs']} OOM backoffs" if run["oom_backoffs"] else ""
@@ -183,6 +213,7 @@ def format_sample(path: str, sample_index: int, full: bool = False, width: int =
         if not full and len(raw) > width:
             raw = raw[:width] + f"... ({len(raw)} chars, --full for all)"
         verdict = f"  verdict {unit['verdict']}" if unit.get("verdict") else ""
+        verdict += f" ({unit['role']})" if unit.get("role") else ""
         lines += [
             f"- reject {unit['reject_index']}  seed {unit['seed']}  status {unit['status']}{verdict}  "
             f"tokens {unit['prompt_tokens']}+{unit['new_tokens']}  {unit['gen_seconds'] or 0:.2f}s",

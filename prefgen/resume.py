@@ -2,16 +2,16 @@
 
 A sample's attempts: the first `num_rejects` are always made; with --max-attempts K above
 that, further attempts are made while the sample has fewer than `num_rejects` written rejects
-and fewer than K attempts, each wave exactly as many as are still missing. Attempt `a` of a
-sample is made if and only if a < num_rejects, or a < K and attempts 0..a-1 wrote fewer than
-num_rejects rejects, however the waves were cut (by batches, by a crash): a resumed run makes
-the same attempts as an uninterrupted one.
+(with --pairs onpolicy: pairs its candidates can form) and fewer than K attempts, each wave
+exactly as many as are still missing. Attempt `a` of a sample is made if and only if
+a < num_rejects, or a < K and attempts 0..a-1 gave fewer than num_rejects, however the waves
+were cut (by batches, by a crash): a resumed run makes the same attempts as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 from itertools import groupby, islice
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from prefgen.errors import ChangedInput
 from prefgen.judge import CANDIDATE_STATUSES, RETRIED_STATUSES, RETRY, WRITTEN, dedup_key
@@ -63,14 +63,18 @@ def unresolved_attempts(statuses: dict[int, str], num_rejects: int) -> list[int]
     return [a for a in range(max(num_rejects, recorded)) if statuses.get(a, RETRY) in RETRIED_STATUSES]
 
 
-def further_attempts(statuses: dict[int, str], num_rejects: int, attempts: int) -> list[int]:
+def written_count(rows: Iterable[dict]) -> int:
+    """What a sample has towards --num-rejects with --pairs gold: its written rejects."""
+    return sum(row["status"] == WRITTEN for row in rows)
+
+
+def further_attempts(statuses: dict[int, str], num_rejects: int, attempts: int, have: int) -> list[int]:
     """The next wave of a sample whose attempts so far are all resolved: as many as it still
-    lacks written rejects, within `attempts` (--max-attempts)."""
+    lacks (`have`: written rejects, or on-policy pairs), within `attempts` (--max-attempts)."""
     recorded = max(statuses, default=-1) + 1
     if recorded >= attempts or unresolved_attempts(statuses, num_rejects):
         return []
-    written = sum(status == WRITTEN for status in statuses.values())
-    return list(range(recorded, min(recorded + num_rejects - written, attempts)))
+    return list(range(recorded, min(recorded + num_rejects - have, attempts)))
 
 
 def pending_units(
@@ -81,23 +85,29 @@ def pending_units(
     kept: dict[int, set[str]],
     dedup: str = "",
     attempts: int = 0,
+    kept_count: Callable[[list[dict]], int] = written_count,
 ) -> Iterator[WorkUnit]:
     """The units still to generate, in order; fills `kept` with each sample's candidate SQL
-    (as dedup keys). `attempts` is --max-attempts (0: num_rejects)."""
+    (as dedup keys). `attempts` is --max-attempts (0: num_rejects); `kept_count` says what a
+    sample's units give towards num_rejects."""
     attempts = attempts or num_rejects
     for window in windows(records):
         known = ledger.units_between(window[0].index, window[-1].index)
         hashes = recorded_hashes(known)
         statuses: dict[int, dict[int, str]] = {}
+        have: dict[int, int] = {}
         for sample, rows in groupby(sorted(known.items()), key=lambda item: item[0][0]):
-            rows = list(rows)
-            statuses[sample] = {attempt: row["status"] for (_, attempt), row in rows}
-            candidates = {dedup_key(row["sql"], dedup) for _, row in rows if row["status"] in CANDIDATE_STATUSES}
+            rows = [row for _, row in rows]
+            statuses[sample] = {row["reject_index"]: row["status"] for row in rows}
+            have[sample] = kept_count(rows)
+            candidates = {dedup_key(row["sql"], dedup) for row in rows if row["status"] in CANDIDATE_STATUSES}
             if candidates:
                 kept[sample] = candidates
         for record in window:
             done = statuses.get(record.index, {})
-            todo = unresolved_attempts(done, num_rejects) or further_attempts(done, num_rejects, attempts)
+            todo = unresolved_attempts(done, num_rejects) or further_attempts(
+                done, num_rejects, attempts, have.get(record.index, 0)
+            )
             if todo:
                 check_unchanged(record, hashes)
             for attempt in todo:

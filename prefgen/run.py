@@ -23,16 +23,17 @@ from pathlib import Path
 from typing import Iterator
 
 from prefgen.batching import batches, window_start
-from prefgen.commit import OutputJournal
+from prefgen.commit import OutputJournal, unit_row
 from prefgen.config import GenerateConfig
 from prefgen.errors import Interrupted, OutOfMemory, OutputError
 from prefgen.faults import fault_point
-from prefgen.judge import RETRIED_STATUSES, WRITTEN, judge_batch, with_verdict
+from prefgen.judge import CANDIDATE, RETRIED_STATUSES, WRITTEN, judge_batch, with_verdict
 from prefgen.ledger import Ledger
 from prefgen.lock import exclusive
 from prefgen.plan import WorkUnit, plan_units, shard, unit_seed
 from prefgen.records import iter_records, require_string_field
-from prefgen.resume import further_attempts, pending_units, scan_records
+from prefgen.pairing import SamplePairs, candidate_from_row, form_pairs, model_pairs
+from prefgen.resume import further_attempts, pending_units, scan_records, unresolved_attempts, written_count
 
 log = logging.getLogger("prefgen")
 
@@ -181,8 +182,21 @@ class GenerateRun:
         """The units still to generate; fills self.kept (for --dedup-rejects) as it goes."""
         cfg = self.cfg
         return pending_units(
-            self.records(), self.ledger, cfg.num_rejects, cfg.seed, self.kept, cfg.dedup_rejects, cfg.attempts
+            self.records(),
+            self.ledger,
+            cfg.num_rejects,
+            cfg.seed,
+            self.kept,
+            cfg.dedup_rejects,
+            cfg.attempts,
+            self.kept_count,
         )
+
+    def kept_count(self, rows: list[dict]) -> int:
+        """What a sample's units give towards --num-rejects: written rejects, or on-policy pairs."""
+        if self.cfg.onpolicy:
+            return model_pairs([candidate_from_row(row) for row in rows], self.cfg.num_rejects)
+        return written_count(rows)
 
     def execute(self, argv: list[str], engine=None) -> Summary:
         cfg, ledger = self.cfg, self.ledger
@@ -334,7 +348,7 @@ class GenerateRun:
         for count, half in backoffs:
             self.on_backoff(count, half)
         answers = [self.engine.answer(row, new, seconds) for row, (new, seconds) in zip(rows, results, strict=True)]
-        judged = judge_batch(batch, answers, self.kept, self.cfg.dedup_rejects)
+        judged = judge_batch(batch, answers, self.kept, self.cfg.dedup_rejects, self.cfg.onpolicy)
         verdicts = [self.submit_check(item) for item in judged] if self.checker else []
         self.waiting.append((judged, verdicts))
         first = window_start(batch[0].sample_index, self.cfg.lookahead)
@@ -343,7 +357,7 @@ class GenerateRun:
         self.commit_ready(backlog=VERDICT_BACKLOG)
 
     def submit_check(self, item) -> Future | None:
-        if item.status != WRITTEN:
+        if item.status not in (WRITTEN, CANDIDATE):
             return None
         record = item.unit.record
         return self.checker.submit(record.fields[self.cfg.db_field], record.output, item.sql)
@@ -358,10 +372,15 @@ class GenerateRun:
             self.waiting.popleft()
             if verdicts:
                 judged = [self.with_verdict(item, check) for item, check in zip(judged, verdicts, strict=True)]
-            self.journal.commit(self.run_id, judged)
+            paired, further = self.settle_samples(judged)
+            self.journal.commit(self.run_id, judged, paired)
             self.done += len(judged)
             self.bar.update(len(judged))
-            self.plan_further_attempts(judged)
+            if further:
+                self.followups.extend(further)
+                self.summary.total_units += len(further)
+                self.bar.total += len(further)
+                self.bar.refresh()
 
     def with_verdict(self, item, check: Future | None):
         if check is None:
@@ -369,26 +388,48 @@ class GenerateRun:
         verdict = self.checker.result(check)
         return with_verdict(item, verdict, self.policy.keeps(verdict))
 
-    def plan_further_attempts(self, judged: list) -> None:
-        """--max-attempts: once all of a sample's units are committed, plan its next wave."""
-        for item in judged if self.open_samples else ():
-            sample = item.unit.sample_index
-            entry = self.open_samples.get(sample)
-            if entry is None:
+    def settle_samples(self, judged: list) -> tuple[list[SamplePairs], list[WorkUnit]]:
+        """For each sample whose units in flight this batch completes, from its units in the
+        ledger and in this batch: with --pairs onpolicy, its pairs once it needs no further
+        attempt; with --max-attempts, the next wave of attempts it needs."""
+        cfg = self.cfg
+        track = cfg.attempts > cfg.num_rejects
+        if not (track or cfg.onpolicy):
+            return [], []
+        batch: dict[int, list] = {}
+        for item in judged:
+            batch.setdefault(item.unit.sample_index, [item.unit.record]).append(unit_row(item))
+        paired, further = [], []
+        for sample, (record, *rows) in batch.items():
+            if track:
+                entry = self.open_samples.get(sample)
+                if entry is None:
+                    continue
+                entry[1] -= len(rows)
+                if entry[1]:
+                    continue  # more of its units are in flight
+            units = {row["reject_index"]: row for row in self.ledger.sample_units(sample)}
+            units.update((row["reject_index"], row) for row in rows)
+            statuses = {attempt: row["status"] for attempt, row in units.items()}
+            if unresolved_attempts(statuses, cfg.num_rejects):
+                self.open_samples.pop(sample, None)  # oom / error: the next run retries them
                 continue
-            entry[1] -= 1
-            if entry[1]:
+            rows = [units[attempt] for attempt in sorted(units)]
+            todo = further_attempts(statuses, cfg.num_rejects, cfg.attempts, self.kept_count(rows))
+            if todo:
+                self.open_samples[sample] = [record, len(todo)]
+                further += [WorkUnit(record, a, unit_seed(cfg.seed, sample, a)) for a in todo]
                 continue
-            cfg = self.cfg
-            todo = further_attempts(self.ledger.sample_statuses(sample), cfg.num_rejects, cfg.attempts)
-            if not todo:
-                del self.open_samples[sample]
-                continue
-            entry[1] = len(todo)
-            self.followups.extend(WorkUnit(entry[0], a, unit_seed(cfg.seed, sample, a)) for a in todo)
-            self.summary.total_units += len(todo)
-            self.bar.total += len(todo)
-            self.bar.refresh()
+            self.open_samples.pop(sample, None)
+            if cfg.onpolicy:
+                paired.append(self.pairs_of(record, rows))
+        return paired, further
+
+    def pairs_of(self, record, rows: list[dict]) -> SamplePairs:
+        cfg = self.cfg
+        candidates = [candidate_from_row(row) for row in rows if row["status"] == CANDIDATE]
+        pairs = form_pairs(candidates, cfg.num_rejects, cfg.answer, cfg.fallback, record.output)
+        return SamplePairs(record, pairs, candidates, cfg.answer)
 
 
 def wait_quietly(in_flight) -> None:

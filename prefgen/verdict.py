@@ -6,9 +6,13 @@ as BIRD does) and columns in any order (as Spider's test-suite allows). The stri
 comparisons (multiset; ordered when the gold has ORDER BY) are recorded too.
 
 Verdicts: `equivalent` (same result: drop), `wrong_result` (keep), `exec_error` (keep, with
-SQLite's message), `timeout`, and `unverifiable` (the gold fails or returns no rows, the
-database is missing, a result is over the row cap, or the mismatch could come from
-nondeterminism: the gold has LIMIT without ORDER BY, or ties at its LIMIT).
+SQLite's message), `timeout`, and `unverifiable` (the gold fails, the database is missing, a
+result is over the row cap, or the mismatch could come from nondeterminism: the gold has LIMIT
+without ORDER BY, or ties at its LIMIT).
+
+A gold that returns no rows is judged as Spider's and BIRD's evaluators judge it: a candidate
+that returns rows is `wrong_result`, one that returns none is `equivalent` (detail
+`EMPTY_RESULTS`: a correct answer, never a reject, but too weak a proof to be a chosen).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ TIMEOUT = "timeout"
 UNVERIFIABLE = "unverifiable"
 VERDICTS = (EQUIVALENT, WRONG_RESULT, EXEC_ERROR, TIMEOUT, UNVERIFIABLE)
 MAX_PERMUTED_COLUMNS = 5  # beyond this, columns are compared in the order given
+EMPTY_RESULTS = "both return no rows"
 
 
 @dataclass(frozen=True)
@@ -122,8 +127,6 @@ def judge_execution(
     gold = gold or run_query(conn, gold_sql, time_limit, max_rows)
     if not gold.ok:
         return Verdict(UNVERIFIABLE, f"gold fails: {gold.error}")
-    if not gold.rows:
-        return Verdict(UNVERIFIABLE, "gold returns no rows")
     same_program = explain(conn, gold_sql)
     if same_program is not None and same_program == explain(conn, candidate_sql):
         return Verdict(EQUIVALENT, "same bytecode")
@@ -132,6 +135,10 @@ def judge_execution(
         return Verdict(TIMEOUT, candidate.error)
     if not candidate.ok:
         return Verdict(EXEC_ERROR, candidate.error)
+    if not gold.rows:
+        if candidate.rows:
+            return Verdict(WRONG_RESULT, f"the gold returns no rows, this returns {len(candidate.rows)}")
+        return Verdict(EQUIVALENT, EMPTY_RESULTS)
     if gold.truncated or candidate.truncated:
         return Verdict(UNVERIFIABLE, f"a result is over {max_rows} rows")
     ordered, limit = _has_order_by(gold_sql)

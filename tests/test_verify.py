@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT, read_jsonl, run_cli
 
 from prefgen.execute import connect, database_path, run_query
-from prefgen.verdict import judge_execution
+from prefgen.verdict import EMPTY_RESULTS, judge_execution
 
 EN = ROOT / "examples" / "spider_en" / "db"
 DE = ROOT / "examples" / "spider_de" / "db"
@@ -61,13 +61,25 @@ def test_identical_bytecode_needs_no_run():
     "gold, db, reason",
     [
         ("SELECT name , land , alter FROM sänger ORDER BY alter DESC", "concert_singer", 'gold fails: near "alter"'),
-        ("SELECT turniername FROM spiele GROUP BY turniername HAVING count(*) > 10", "wta_1", "gold returns no rows"),
         ("SELECT 1", "no_such_db", "database missing"),
     ],
 )
 def test_unverifiable_golds(gold, db, reason):
     result = verdict(gold, "SELECT 2", db=db, root=DE)
     assert result.verdict == "unverifiable" and result.detail.startswith(reason)
+
+
+EMPTY_GOLD = "SELECT turniername FROM spiele GROUP BY turniername HAVING count(*) > 10"  # no rows
+
+
+def test_against_a_gold_without_rows_a_candidate_with_rows_is_wrong_and_one_without_is_equivalent():
+    wrong = verdict(EMPTY_GOLD, "SELECT turniername FROM spiele", db="wta_1", root=DE)
+    assert wrong.verdict == "wrong_result" and "the gold returns no rows" in wrong.detail
+    empty = verdict(EMPTY_GOLD, "SELECT turniername FROM spiele WHERE 0", db="wta_1", root=DE)
+    assert (empty.verdict, empty.detail) == ("equivalent", EMPTY_RESULTS)
+    assert not empty.kept("lenient") and not empty.kept("multiset") and not empty.kept("ordered")
+    failing = verdict(EMPTY_GOLD, "SELECT nope FROM spiele", db="wta_1", root=DE)
+    assert failing.verdict == "exec_error"
 
 
 def test_limit_without_order_by_is_unverifiable():

@@ -1,0 +1,170 @@
+"""Step 7b of the flow (`--pairs onpolicy`): turn a sample's judged candidates into pairs.
+
+Both sides of an on-policy pair are the model's own answers, judged only by execution
+against the gold: a candidate whose result equals the gold's (under --equivalence) may be
+`chosen`, one that answers wrongly or fails may be `rejected`.
+
+The pairing rule, a pure function of the sample's candidates (so a resumed run forms the
+same pairs as an uninterrupted one):
+1. rejected side: distinct rejected answers first (by normalized SQL), `wrong_result` before
+   `exec_error` (a query that runs but answers wrongly teaches more than a syntax error),
+   then by attempt; after them the repeated ones, in the same order;
+2. chosen side: the distinct chosen answers by attempt, in a fixed rotation: pair i takes
+   chosen i mod (number of chosen);
+3. up to --num-rejects pairs; a pair whose two sides have the same SQL (after normalization)
+   or that repeats an earlier pair's texts is skipped;
+4. no chosen answer: with --fallback gold (and --answer sql) the gold is the chosen side of
+   every pair, otherwise the sample yields no pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefgen.errors import ConfigError
+from prefgen.judge import CHOSEN, REJECTED
+from prefgen.normalize import normalize_sql
+from prefgen.records import Record
+from prefgen.verdict import WRONG_RESULT
+
+PAIR_MODES = ("gold", "onpolicy")
+ANSWER_MODES = ("sql", "full")
+FALLBACK_MODES = ("none", "gold")
+MODEL, GOLD = "model", "gold"  # where a pair's chosen side came from
+
+
+def check_pair_modes(answer: str, fallback: str) -> None:
+    """Refuse --answer / --fallback values, and the combination that would teach the wrong thing."""
+    for name, value, modes in (("answer", answer, ANSWER_MODES), ("fallback", fallback, FALLBACK_MODES)):
+        if value not in modes:
+            raise ConfigError(f"--{name} must be one of {', '.join(modes)}, not {value!r}")
+    if fallback == "gold" and answer == "full":
+        raise ConfigError(
+            "--fallback gold works with --answer sql only",
+            hint="a bare gold query against a reasoned answer would teach the model to stop reasoning",
+        )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One judged answer of a sample (an attempt of generate, or a line of `prefgen pair`)."""
+
+    attempt: int
+    role: str
+    sql: str
+    answer: str = ""  # the whole answer as generated
+    seed: int | None = None
+    verdict: str | None = None
+    detail: str = ""
+
+    def text(self, mode: str) -> str:
+        """What goes into the pair: the extracted SQL or the whole answer."""
+        return self.answer if mode == "full" else self.sql
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One on-policy pair; `chosen` is None when the gold is the chosen side (--fallback gold)."""
+
+    index: int
+    chosen: Candidate | None
+    rejected: Candidate
+
+
+def _rejected_order(candidates: list[Candidate]) -> list[Candidate]:
+    rejected = sorted(
+        (c for c in candidates if c.role == REJECTED),
+        key=lambda c: (c.verdict != WRONG_RESULT, c.attempt),
+    )
+    seen: set[str] = set()
+    distinct, repeated = [], []
+    for candidate in rejected:
+        key = normalize_sql(candidate.sql)
+        (repeated if key in seen else distinct).append(candidate)
+        seen.add(key)
+    return distinct + repeated
+
+
+def _distinct_chosen(candidates: list[Candidate], mode: str) -> list[Candidate]:
+    chosen, seen = [], set()
+    for candidate in sorted((c for c in candidates if c.role == CHOSEN), key=lambda c: c.attempt):
+        if candidate.text(mode) not in seen:
+            seen.add(candidate.text(mode))
+            chosen.append(candidate)
+    return chosen
+
+
+def form_pairs(
+    candidates: list[Candidate], num_pairs: int, answer: str = "sql", fallback: str = "none", gold_sql: str = ""
+) -> list[Pair]:
+    """The sample's pairs under the rule in this module's docstring."""
+    chosen = _distinct_chosen(candidates, answer)
+    use_gold = not chosen and fallback == "gold" and answer == "sql"
+    if not chosen and not use_gold:
+        return []
+    pairs: list[Pair] = []
+    seen: set[tuple[str, str]] = set()
+    for rejected in _rejected_order(candidates):
+        if len(pairs) == num_pairs:
+            break
+        side = None if use_gold else chosen[len(pairs) % len(chosen)]
+        chosen_sql = gold_sql if side is None else side.sql
+        texts = (gold_sql if side is None else side.text(answer), rejected.text(answer))
+        if normalize_sql(chosen_sql) == normalize_sql(rejected.sql) or texts in seen:
+            continue
+        seen.add(texts)
+        pairs.append(Pair(len(pairs), side, rejected))
+    return pairs
+
+
+def model_pairs(candidates: list[Candidate], num_pairs: int) -> int:
+    """How many pairs the model's own answers already form (what --max-attempts waits for)."""
+    return len(form_pairs(candidates, num_pairs))
+
+
+def pair_fields(pair: Pair, gold_sql: str, answer: str) -> dict:
+    """The pair's `chosen` / `rejected` and where each side came from."""
+    chosen, rejected = pair.chosen, pair.rejected
+    return {
+        "chosen": gold_sql if chosen is None else chosen.text(answer),
+        "rejected": rejected.text(answer),
+        "chosen_source": GOLD if chosen is None else MODEL,
+        "pair_index": pair.index,
+        "chosen_attempt": None if chosen is None else chosen.attempt,
+        "chosen_seed": None if chosen is None else chosen.seed,
+        "chosen_verdict": None if chosen is None else chosen.verdict,
+        "rejected_attempt": rejected.attempt,
+        "rejected_seed": rejected.seed,
+        "rejected_verdict": rejected.verdict,
+        "rejected_detail": rejected.detail,
+    }
+
+
+def candidate_from_row(row: dict) -> Candidate:
+    """A candidate from a unit's ledger row (units that are not candidates have no role)."""
+    return Candidate(
+        attempt=row["reject_index"],
+        role=row.get("role") or "",
+        sql=row.get("sql") or "",
+        answer=row.get("raw_answer") or "",
+        seed=row.get("seed"),
+        verdict=row.get("verdict"),
+        detail=row.get("verdict_detail") or "",
+    )
+
+
+@dataclass(frozen=True)
+class SamplePairs:
+    """A sample whose candidates are all judged, and the pairs they form."""
+
+    record: Record
+    pairs: list[Pair]
+    candidates: list[Candidate]
+    answer: str = "sql"
+
+    @property
+    def fallback(self) -> bool:
+        return any(p.chosen is None for p in self.pairs)
+
+    def count(self, role: str) -> int:
+        return sum(c.role == role for c in self.candidates)
