@@ -12,7 +12,8 @@ same pairs as an uninterrupted one):
 2. chosen side: the distinct chosen answers by attempt, in a fixed rotation: pair i takes
    chosen i mod (number of chosen);
 3. up to --num-rejects pairs; a pair whose two sides have the same SQL (after normalization)
-   or that repeats an earlier pair's texts is skipped;
+   is skipped, and so is one that repeats an earlier pair (the same SQL on both sides, or with
+   --answer full the same texts);
 4. no chosen answer: with --fallback gold (and --answer sql) the gold is the chosen side of
    every pair, otherwise the sample yields no pair.
 """
@@ -108,11 +109,13 @@ def form_pairs(
         if len(pairs) == num_pairs:
             break
         side = None if use_gold else chosen[len(pairs) % len(chosen)]
-        chosen_sql = gold_sql if side is None else side.sql
-        texts = (gold_sql if side is None else side.text(answer), rejected.text(answer))
-        if normalize_sql(chosen_sql) == normalize_sql(rejected.sql) or texts in seen:
+        chosen_sql = normalize_sql(gold_sql if side is None else side.sql)
+        rejected_sql = normalize_sql(rejected.sql)
+        # what makes two pairs the same: their SQL, or with --answer full their whole texts
+        key = (chosen_sql, rejected_sql) if answer == "sql" else (side and side.answer, rejected.answer)
+        if chosen_sql == rejected_sql or key in seen:
             continue
-        seen.add(texts)
+        seen.add(key)
         pairs.append(Pair(len(pairs), side, rejected))
     return pairs
 

@@ -2,10 +2,12 @@
 
 A sample's attempts: the first `num_rejects` are always made; with --max-attempts K above
 that, further attempts are made while the sample has fewer than `num_rejects` written rejects
-(with --pairs onpolicy: pairs its candidates can form) and fewer than K attempts, each wave
-exactly as many as are still missing. Attempt `a` of a sample is made if and only if
-a < num_rejects, or a < K and attempts 0..a-1 gave fewer than num_rejects, however the waves
-were cut (by batches, by a crash): a resumed run makes the same attempts as an uninterrupted one.
+and fewer than K attempts, each wave exactly as many as are still missing. Attempt `a` of a
+sample is made if and only if a < num_rejects, or a < K and attempts 0..a-1 wrote fewer than
+num_rejects, however the waves were cut (by batches, by a crash): a resumed run makes the same
+attempts as an uninterrupted one. With --pairs onpolicy (what counts: the pairs its candidates
+can form) waves have a fixed size, num_rejects, and attempt `a` of wave [s, s+num_rejects) is
+made if and only if a < K and attempts 0..s-1 formed fewer than num_rejects pairs.
 """
 
 from __future__ import annotations
@@ -68,12 +70,21 @@ def written_count(rows: Iterable[dict]) -> int:
     return sum(row["status"] == WRITTEN for row in rows)
 
 
-def further_attempts(statuses: dict[int, str], num_rejects: int, attempts: int, have: int) -> list[int]:
-    """The next wave of a sample whose attempts so far are all resolved: as many as it still
-    lacks (`have`: written rejects, or on-policy pairs), within `attempts` (--max-attempts)."""
+def further_attempts(statuses: dict[int, str], num_rejects: int, attempts: int, have: int, wave: int = 0) -> list[int]:
+    """The next wave of a sample whose attempts so far are all resolved, within `attempts`
+    (--max-attempts): as many as it still lacks (`have`: written rejects, or on-policy pairs).
+
+    With a fixed `wave` size (on-policy, where one correct answer can complete several pairs
+    at once), waves start at num_rejects + i*wave whatever `have` says: a wave cut by a crash
+    is finished first, and only a whole wave decides whether another is needed."""
     recorded = max(statuses, default=-1) + 1
     if recorded >= attempts or unresolved_attempts(statuses, num_rejects):
         return []
+    if wave:
+        into = (recorded - num_rejects) % wave
+        if into:
+            return list(range(recorded, min(recorded + wave - into, attempts)))
+        return list(range(recorded, min(recorded + wave, attempts))) if have < num_rejects else []
     return list(range(recorded, min(recorded + num_rejects - have, attempts)))
 
 
@@ -86,10 +97,11 @@ def pending_units(
     dedup: str = "",
     attempts: int = 0,
     kept_count: Callable[[list[dict]], int] = written_count,
+    wave: int = 0,
 ) -> Iterator[WorkUnit]:
     """The units still to generate, in order; fills `kept` with each sample's candidate SQL
     (as dedup keys). `attempts` is --max-attempts (0: num_rejects); `kept_count` says what a
-    sample's units give towards num_rejects."""
+    sample's units give towards num_rejects, `wave` the fixed wave size (0: what it lacks)."""
     attempts = attempts or num_rejects
     for window in windows(records):
         known = ledger.units_between(window[0].index, window[-1].index)
@@ -106,7 +118,7 @@ def pending_units(
         for record in window:
             done = statuses.get(record.index, {})
             todo = unresolved_attempts(done, num_rejects) or further_attempts(
-                done, num_rejects, attempts, have.get(record.index, 0)
+                done, num_rejects, attempts, have.get(record.index, 0), wave
             )
             if todo:
                 check_unchanged(record, hashes)

@@ -190,7 +190,13 @@ class GenerateRun:
             cfg.dedup_rejects,
             cfg.attempts,
             self.kept_count,
+            self.wave,
         )
+
+    @property
+    def wave(self) -> int:
+        """On-policy: further attempts in waves of --num-rejects (see resume.further_attempts)."""
+        return self.cfg.num_rejects if self.cfg.onpolicy else 0
 
     def kept_count(self, rows: list[dict]) -> int:
         """What a sample's units give towards --num-rejects: written rejects, or on-policy pairs."""
@@ -415,7 +421,7 @@ class GenerateRun:
                 self.open_samples.pop(sample, None)  # oom / error: the next run retries them
                 continue
             rows = [units[attempt] for attempt in sorted(units)]
-            todo = further_attempts(statuses, cfg.num_rejects, cfg.attempts, self.kept_count(rows))
+            todo = further_attempts(statuses, cfg.num_rejects, cfg.attempts, self.kept_count(rows), self.wave)
             if todo:
                 self.open_samples[sample] = [record, len(todo)]
                 further += [WorkUnit(record, a, unit_seed(cfg.seed, sample, a)) for a in todo]

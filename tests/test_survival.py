@@ -38,17 +38,19 @@ def ledger_units(out):
 
 
 def assert_ledger_agrees_with_file(out):
-    """Every written unit has its line at its offset, and every line its unit."""
+    """Every written unit (or on-policy pair) has its line at its offset, and every line its row."""
     data = out.read_bytes()
-    written = [u for u in ledger_units(out) if u["status"] == "written"]
-    assert sum(u["line_length"] for u in written) == len(data)
-    for unit in written:
-        line = data[unit["line_offset"] : unit["line_offset"] + unit["line_length"]]
-        assert line == unit["line"].encode()
+    written = [(u, "reject_index") for u in ledger_units(out) if u["status"] == "written"]
+    written += [(p, "pair_index") for p in query(str(out) + ".ledger.sqlite", "select * from pairs")]
+    assert sum(row["line_length"] for row, _ in written) == len(data)
+    for row, key in written:
+        line = data[row["line_offset"] : row["line_offset"] + row["line_length"]]
+        assert line == row["line"].encode()
         parsed = orjson.loads(line)
-        assert (parsed["sample_index"], parsed["reject_index"]) == (unit["sample_index"], unit["reject_index"])
+        assert (parsed["sample_index"], parsed[key]) == (row["sample_index"], row[key])
     lines = read_jsonl(out)
-    assert len(lines) == len(written) == len({(line["sample_index"], line["reject_index"]) for line in lines})
+    keys = {(line["sample_index"], line.get("reject_index", line.get("pair_index"))) for line in lines}
+    assert len(lines) == len(written) == len(keys)
     assert data.endswith(b"\n")
 
 
@@ -110,16 +112,25 @@ def kill_mid_run(process, out, rng) -> None:
     process.kill()
 
 
-@pytest.mark.parametrize("db_root", ["", str(ROOT / "examples" / "spider_en" / "db")], ids=["plain", "db-root"])
-def test_chaos_kill_9_at_random_moments(workdir, tiny_model, sample_data, reference, db_root):
+DB_ROOT = str(ROOT / "examples" / "spider_en" / "db")
+
+
+@pytest.mark.parametrize(
+    "db_root, pairs", [("", "gold"), (DB_ROOT, "gold"), (DB_ROOT, "onpolicy")], ids=["plain", "db-root", "onpolicy"]
+)
+def test_chaos_kill_9_at_random_moments(workdir, tiny_model, sample_data, reference, db_root, pairs):
     """At least 10 SIGKILLs over one run, at fault points and at random times, then a clean finish;
-    with --db-root, kills also land while verdicts are being computed in the worker processes."""
+    with --db-root, kills also land while verdicts are being computed in the worker processes;
+    with on-policy pairs (the tiny model is always wrong: the gold is chosen), while a sample's
+    pairs are formed from candidates of several batches."""
     import random
 
     seed = int(os.environ.get("PREFGEN_CHAOS_SEED", time.time_ns() % 100_000))
     rng = random.Random(seed)
     flags = dict(num_rejects=3, max_samples=0, batch_size=2, max_new_tokens=24, dedup_rejects=True, overlap=True)
     flags["db_root"] = db_root or None
+    if pairs == "onpolicy":
+        flags.update(pairs="onpolicy", fallback="gold")
     out = workdir / "pairs.jsonl"
     args = generate_args(tiny_model, sample_data, out, **flags)
     faults = [
@@ -150,8 +161,11 @@ def test_chaos_kill_9_at_random_moments(workdir, tiny_model, sample_data, refere
     assert out.read_bytes() == reference(**flags), f"seed {seed}"
     assert_ledger_agrees_with_file(out)
     units = ledger_units(out)
-    assert len(units) == 168 and {u["status"] for u in units} <= {"written", "duplicate", "no_sql", "dropped"}
-    assert all(bool(u["verdict"]) == bool(db_root) for u in units if u["status"] == "written")
+    assert len(units) == 168 and {u["status"] for u in units} <= {"written", "duplicate", "no_sql", "dropped", "candidate"}
+    assert all(bool(u["verdict"]) == bool(db_root) for u in units if u["status"] in ("written", "candidate"))
+    if pairs == "onpolicy":
+        paired = query(str(out) + ".ledger.sqlite", "select * from paired_samples")
+        assert len(paired) == 56 and sum(p["pairs"] for p in paired) == len(read_jsonl(out)) > 56
 
 
 def test_resume_with_another_batch_size_gives_the_same_text(workdir, tiny_model, sample_data, reference):
