@@ -30,9 +30,9 @@ from prefgen.faults import fault_point
 from prefgen.judge import CANDIDATE, RETRIED_STATUSES, WRITTEN, judge_batch, with_verdict
 from prefgen.ledger import Ledger
 from prefgen.lock import exclusive
+from prefgen.pairing import SamplePairs, candidate_from_row, form_pairs, model_pairs
 from prefgen.plan import WorkUnit, plan_units, shard, unit_seed
 from prefgen.records import iter_records, require_string_field
-from prefgen.pairing import SamplePairs, candidate_from_row, form_pairs, model_pairs
 from prefgen.resume import further_attempts, pending_units, scan_records, unresolved_attempts, written_count
 
 log = logging.getLogger("prefgen")

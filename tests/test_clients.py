@@ -45,10 +45,25 @@ bf16: false
 """
 
 
-@pytest.mark.parametrize("fmt", ["llamafactory", "sharegpt"])
-def test_llamafactory_trains_one_dpo_step_on_every_exported_pair(workdir, tiny_model, sample_data, fmt):
+def onpolicy_pairs(workdir):
+    """On-policy pairs of 8 records: the scripted model answers right and wrong, reasoning included."""
+    from test_onpolicy import FAILS, REASONED, RIGHT, RIGHT_TOO, WRONG, scripted
+
+    answers = [REASONED.format(sql=sql) for sql in (RIGHT, WRONG, RIGHT_TOO, FAILS)]
+    scripted(workdir, answers, records=8, num_rejects=4, answer="full")
+    return workdir / "pairs.jsonl"
+
+
+@pytest.mark.parametrize(
+    "fmt, pairs_mode", [("llamafactory", "gold"), ("sharegpt", "gold"), ("llamafactory", "onpolicy")]
+)
+def test_llamafactory_trains_one_dpo_step_on_every_exported_pair(workdir, tiny_model, sample_data, fmt, pairs_mode):
     pairs = workdir / "pairs.jsonl"
-    run_cli(generate_args(tiny_model, sample_data, pairs, num_rejects=2, max_samples=8, max_new_tokens=16))
+    if pairs_mode == "onpolicy":
+        onpolicy_pairs(workdir)
+        assert {line["chosen_source"] for line in read_jsonl(pairs)} == {"model"}
+    else:
+        run_cli(generate_args(tiny_model, sample_data, pairs, num_rejects=2, max_samples=8, max_new_tokens=16))
     exported = workdir / "data"
     run_cli(["export", str(pairs), "--format", fmt, "--to", str(exported), "--name", "prefgen_pairs"])
     count = len(read_jsonl(exported / "prefgen_pairs.jsonl"))

@@ -145,7 +145,9 @@ def test_the_same_sql_is_never_on_both_sides():
 
 def test_an_empty_gold_and_an_empty_answer_are_neither_chosen_nor_rejected(workdir):
     empty_gold = "SELECT product_name FROM products WHERE product_price > 100000"
-    data = write_records(workdir / "data.json", [{"instruction": "q", "output": empty_gold, "db_id": "department_store"}])
+    data = write_records(
+        workdir / "data.json", [{"instruction": "q", "output": empty_gold, "db_id": "department_store"}]
+    )
     answers = ["SELECT product_name FROM products WHERE product_price > 200000", WRONG_TOO]
     cfg = GenerateConfig(
         base_model="scripted",
@@ -196,7 +198,10 @@ def test_further_attempts_until_the_pairs_can_be_formed_resumed_after_crashes(wo
     "settings, message",
     [
         (dict(pairs="onpolicy"), "--pairs onpolicy needs --db-root"),
-        (dict(pairs="onpolicy", db_root="x", answer="full", fallback="gold"), "--fallback gold works with --answer sql"),
+        (
+            dict(pairs="onpolicy", db_root="x", answer="full", fallback="gold"),
+            "--fallback gold works with --answer sql",
+        ),
         (dict(answer="full"), "--answer full and --fallback gold need --pairs onpolicy"),
     ],
 )
@@ -247,7 +252,10 @@ def test_pair_forms_the_same_pairs_from_answers_generated_elsewhere(workdir):
 @pytest.mark.parametrize(
     "lines, message",
     [
-        ([record(0, RIGHT), {"instruction": "q1", "output": GOLD, "db_id": "department_store"}], "line 2: field 'answer'"),
+        (
+            [record(0, RIGHT), {"instruction": "q1", "output": GOLD, "db_id": "department_store"}],
+            "line 2: field 'answer'",
+        ),
         ([record(0, RIGHT), record(1, WRONG), record(0, WRONG)], "line 3: its record already had answers at line 1"),
         ([record(0, RIGHT), [1, 2]], "line 2 is not a JSON object"),
     ],

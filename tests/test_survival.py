@@ -161,7 +161,13 @@ def test_chaos_kill_9_at_random_moments(workdir, tiny_model, sample_data, refere
     assert out.read_bytes() == reference(**flags), f"seed {seed}"
     assert_ledger_agrees_with_file(out)
     units = ledger_units(out)
-    assert len(units) == 168 and {u["status"] for u in units} <= {"written", "duplicate", "no_sql", "dropped", "candidate"}
+    assert len(units) == 168 and {u["status"] for u in units} <= {
+        "written",
+        "duplicate",
+        "no_sql",
+        "dropped",
+        "candidate",
+    }
     assert all(bool(u["verdict"]) == bool(db_root) for u in units if u["status"] in ("written", "candidate"))
     if pairs == "onpolicy":
         paired = query(str(out) + ".ledger.sqlite", "select * from paired_samples")
