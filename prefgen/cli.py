@@ -26,10 +26,17 @@ class EchoHandler(logging.Handler):
 
 
 def setup_logging() -> None:
+    """prefgen's own messages go to stderr; the libraries' warnings (deprecations, advice from
+    torch, transformers or vLLM) do not reach the user's terminal."""
+    import warnings
+
     log = logging.getLogger("prefgen")
     log.handlers = [EchoHandler()]
     log.setLevel(logging.INFO)
     log.propagate = False
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def friendly_errors(command):
@@ -170,6 +177,28 @@ def pair_options(command):
     help="YAML file of settings (keys are the flag names); flags override it.",
 )
 @click.option("--base-model", required=True, help="Model directory (or hub id where online).")
+@click.option(
+    "--engine",
+    type=click.Choice(["transformers", "vllm"]),
+    default="transformers",
+    show_default=True,
+    help="transformers (prefgen's own decode loop) or vllm (pip install 'prefgen[vllm]').",
+)
+@click.option(
+    "--batch-invariant",
+    is_flag=True,
+    help="vllm: the same text whatever the batch (VLLM_BATCH_INVARIANT=1), so a resumed run is byte-identical on GPUs.",
+)
+@click.option(
+    "--max-model-len", type=int, default=0, help="vllm: context the KV cache is sized for [default: the model's]."
+)
+@click.option(
+    "--gpu-memory-utilization",
+    type=float,
+    default=0.9,
+    show_default=True,
+    help="vllm: share of GPU memory for weights and KV cache.",
+)
 @click.option("--adapter-path", default="", help="PEFT LoRA adapter directory; empty for none.")
 @click.option("--sft-data", required=True, help="Alpaca records: a JSON array (.json) or JSON Lines (.jsonl).")
 @click.option("--output", required=True, help="JSONL file the pairs are appended to.")

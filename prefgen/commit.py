@@ -135,9 +135,10 @@ def check_committed(ledger: Ledger, path: Path) -> tuple[int, "hashlib._Hash"]:
 class OutputJournal:
     """The JSONL output, kept in step with the ledger."""
 
-    def __init__(self, ledger: Ledger, path: str | Path):
+    def __init__(self, ledger: Ledger, path: str | Path, db_field: str = "db_id"):
         self.ledger = ledger
         self.path = Path(path)
+        self.db_field = db_field
         self.fd: int | None = None
         self.committed = 0
         self.digest = hashlib.sha256()
@@ -219,12 +220,29 @@ class OutputJournal:
                 {"output_committed": str(offset), "output_sha256": digest.hexdigest()},
                 pairs,
                 [sample_row(sample) for sample in samples],
+                self.record_rows(items),
             )
         except Exception:
             self._rollback()
             raise
         self.digest, self.committed = digest, offset
         fault_point("after_commit")
+
+    def record_rows(self, items: list[Judged]) -> list[dict]:
+        """The ledger's `samples` rows of the batch's records: question, gold and database."""
+        rows = {}
+        for item in items:
+            record = item.unit.record
+            if record.index not in rows:
+                db = record.fields.get(self.db_field)
+                rows[record.index] = {
+                    "sample_index": record.index,
+                    "db": db if isinstance(db, str) else None,
+                    "instruction": record.instruction,
+                    "input": record.input,
+                    "gold": record.output,
+                }
+        return list(rows.values())
 
     def _append(self, data: bytes) -> None:
         """Append unbuffered and fsync, so nothing is left in a buffer to land after a rollback."""

@@ -27,6 +27,9 @@ FINGERPRINT_FIELDS = (
     "rank",
     "world_size",
 )
+# --engine and --batch-invariant; in the fingerprint only when not the defaults, so that older
+# ledgers still resume with the transformers engine.
+ENGINE_NAMES = ("transformers", "vllm")
 # The fields of checker.CheckPolicy (--db-root). Added later: in the fingerprint only when
 # used, so that older ledgers still resume.
 CHECK_FIELDS = ("db_root", "db_field", "equivalence", "drop_timeout", "drop_unverifiable", "time_limit", "max_rows")
@@ -89,10 +92,20 @@ class GenerateConfig:
     pairs: str = "gold"  # gold: the gold is chosen; onpolicy: the model's own correct answer
     answer: str = "sql"  # onpolicy: what a side holds: the extracted SQL, or the whole answer
     fallback: str = "none"  # onpolicy: "gold" pairs the gold with a sample that has no correct answer
+    engine: str = "transformers"  # or "vllm"
+    batch_invariant: bool = False  # vllm: VLLM_BATCH_INVARIANT=1, the same text whatever the batch
+    max_model_len: int = 0  # vllm: the context the engine reserves KV cache for; 0: the model's
+    gpu_memory_utilization: float = 0.9  # vllm: share of GPU memory for weights and KV cache
 
     def __post_init__(self):
         check_num_rejects(self.num_rejects)
         self._check_pairs()
+        if self.engine not in ENGINE_NAMES:
+            raise ConfigError(f"--engine must be one of {', '.join(ENGINE_NAMES)}, not {self.engine!r}")
+        if self.batch_invariant and self.engine != "vllm":
+            raise ConfigError("--batch-invariant is a vLLM setting", hint="add --engine vllm, or drop the flag")
+        if self.max_model_len < 0 or not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError("--max-model-len must be 0 or more and --gpu-memory-utilization in (0, 1]")
         for name in ("drop_timeout", "drop_unverifiable"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, self.pairs == "onpolicy")
@@ -188,6 +201,10 @@ class GenerateConfig:
             values["time_limit"] = float(self.time_limit)
         if self.onpolicy:
             values.update({name: getattr(self, name) for name in PAIR_FIELDS})
+        if self.engine != "transformers":
+            values["engine"] = self.engine
+        if self.batch_invariant:
+            values["batch_invariant"] = True
         return values
 
     def settings(self) -> dict:

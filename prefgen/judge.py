@@ -4,7 +4,8 @@ Statuses: `written` (a line in the JSONL), `same_as_gold` (the gold query, up to
 `duplicate` (same SQL as an earlier kept reject of the same sample, with --dedup-rejects),
 `no_sql` (nothing usable in the answer), and with --db-root `dropped` (the execution verdict
 says no evaluator would call it wrong: see checker.py and verdict.py). Units that could not be
-generated are `oom` or `error` and are retried by the next run.
+generated are `oom` or `error` and are retried by the next run; a prompt longer than the
+engine's context is `too_long` (it would not fit next time either).
 
 With `--pairs onpolicy` a unit is not a line of its own but a `candidate`: every answer with
 SQL is executed (the gold query again is a correct answer, not a same_as_gold), and its
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from prefgen.engine import Answer
+from prefgen.engines import Answer
 from prefgen.extract import extract_sql
 from prefgen.normalize import normalize_sql
 from prefgen.plan import WorkUnit
@@ -33,9 +34,10 @@ DROPPED = "dropped"
 OOM = "oom"
 ERROR = "error"
 RETRY = "retry"
+TOO_LONG = "too_long"
 CANDIDATE = "candidate"  # --pairs onpolicy: a judged answer, with a role
 
-STATUSES = (WRITTEN, SAME_AS_GOLD, DUPLICATE, NO_SQL, DROPPED, OOM, ERROR, RETRY, CANDIDATE)
+STATUSES = (WRITTEN, SAME_AS_GOLD, DUPLICATE, NO_SQL, DROPPED, OOM, ERROR, RETRY, TOO_LONG, CANDIDATE)
 CANDIDATE_STATUSES = (WRITTEN, DROPPED, CANDIDATE)  # answers that later ones are deduplicated against
 CHOSEN, REJECTED, NEITHER = "chosen", "rejected", "neither"  # a candidate's roles
 DEDUP_MODES = ("", "exact", "sql")  # off; identical text; identical after normalize_sql
@@ -88,6 +90,10 @@ def judge_batch(
     for unit, answer in zip(units, answers, strict=True):
         if answer.oom:
             results.append(Judged(unit, answer, OOM, detail="did not fit in memory alone"))
+            continue
+        if answer.too_long:
+            detail = f"the prompt's {answer.prompt_tokens} tokens do not fit the engine's context"
+            results.append(Judged(unit, answer, TOO_LONG, detail=detail))
             continue
         sql = extract_sql(answer.text)
         seen = kept.setdefault(unit.sample_index, set())

@@ -264,12 +264,87 @@ def m005_onpolicy_pairs(db: sqlite_utils.Database) -> None:
     )
 
 
+RECENT_MINUTES = 10  # the window of the `speed` view's recent rate
+
+
+def speed_sql(minutes: int) -> str:
+    """Throughput over all runs' time and over the last `minutes` of activity, and the ETA at
+    the recent rate (the overall rate when there is none): the `speed` view for 10 minutes."""
+    return f"""
+        with p as (select * from progress),
+          r as (select sum(seconds) as seconds from run_history),
+          t as (select count(*) as units, coalesce(sum(new_tokens), 0) as tokens from units),
+          w as (select strftime('%Y-%m-%dT%H:%M:%f+00:00', julianday(p.last_update) - {int(minutes)} / 1440.0)
+                  as start from p),
+          recent as (select count(*) as units, coalesce(sum(new_tokens), 0) as tokens
+                     from units, w where units.updated_at >= w.start),
+          span as (select (julianday(p.last_update) - julianday(max(w.start,
+                     (select started_at from runs order by id desc limit 1)))) * 86400 as seconds from p, w),
+          rates as (select t.units / nullif(r.seconds, 0) as units_per_s,
+                      t.tokens / nullif(r.seconds, 0) as tokens_per_s,
+                      case when span.seconds > 0 then recent.units / span.seconds end as recent_units_per_s,
+                      case when span.seconds > 0 then recent.tokens / span.seconds end as recent_tokens_per_s,
+                      max(coalesce(p.units_total, 0) - p.units_done, 0) as remaining
+                    from p, r, t, recent, span)
+        select {int(minutes)} as recent_minutes, units_per_s, tokens_per_s, recent_units_per_s, recent_tokens_per_s,
+          remaining,
+          case when remaining = 0 then 0.0
+            else remaining / nullif(coalesce(nullif(recent_units_per_s, 0), units_per_s), 0) end as eta_s
+        from rates"""
+
+
+def m006_browse(db: sqlite_utils.Database) -> None:
+    """What `prefgen browse` (and `ledger status`) show, as views: each sample's question,
+    gold and database (`samples`), speed and ETA, progress over time, outcomes per database,
+    failures, and every pair line whatever the pair mode."""
+    db["samples"].create(
+        {"sample_index": int, "db": str, "instruction": str, "input": str, "gold": str}, pk="sample_index"
+    )
+    db.create_view("speed", speed_sql(RECENT_MINUTES))
+    db.create_view(
+        "progress_over_time",
+        """
+        select minute, units, new_tokens, sum(units) over (order by minute) as units_done
+        from (select substr(updated_at, 1, 16) as minute, count(*) as units,
+                coalesce(sum(new_tokens), 0) as new_tokens from units group by minute)""",
+    )
+    db.create_view(
+        "outcomes_by_database",
+        """
+        select coalesce(s.db, '') as db, u.status, u.verdict, u.role, count(*) as units
+        from units u left join samples s using (sample_index)
+        group by 1, 2, 3, 4""",
+    )
+    db.create_view(
+        "failures",
+        """
+        select status, coalesce(nullif(detail, ''), status) as reason, count(*) as units,
+          group_concat(distinct sample_index) as samples from units
+        where status in ('error', 'oom', 'no_sql', 'timeout', 'retry', 'too_long')
+        group by status, reason order by units desc""",
+    )
+    db.create_view(
+        "pair_lines",
+        """
+        select u.sample_index, u.reject_index as pair_index, coalesce(s.db, '') as db, 'gold' as chosen_source,
+          json_extract(u.line, '$.chosen') as chosen, json_extract(u.line, '$.rejected') as rejected,
+          u.verdict as rejected_verdict, u.seed as rejected_seed, u.line_offset
+        from units u left join samples s using (sample_index) where u.status = 'written'
+        union all
+        select p.sample_index, p.pair_index, coalesce(s.db, ''), p.chosen_source,
+          json_extract(p.line, '$.chosen'), json_extract(p.line, '$.rejected'),
+          json_extract(p.line, '$.rejected_verdict'), json_extract(p.line, '$.rejected_seed'), p.line_offset
+        from pairs p left join samples s using (sample_index)""",
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     m001_initial,
     m002_views,
     m003_same_as_gold,
     m004_verdicts,
     m005_onpolicy_pairs,
+    m006_browse,
 ]
 
 
@@ -418,13 +493,20 @@ class Ledger:
         return {(r["sample_index"], r["reject_index"]): r for r in rows}
 
     def commit_units(
-        self, run_id: int, rows: list[dict], output_state: dict, pairs: list[dict] = (), samples: list[dict] = ()
+        self,
+        run_id: int,
+        rows: list[dict],
+        output_state: dict,
+        pairs: list[dict] = (),
+        samples: list[dict] = (),
+        records: list[dict] = (),
     ) -> None:
-        """Record a batch of units (and, --pairs onpolicy, the pairs and samples it completes)
-        and the output's new committed length in one transaction."""
+        """Record a batch of units (with their samples' `records`; with --pairs onpolicy, the
+        pairs and samples it completes) and the output's new committed length in one transaction."""
         stamp = now()
         try:
             with self.db.atomic():
+                self.db["samples"].insert_all(records, pk="sample_index", ignore=True)
                 self.db["units"].upsert_all(
                     [{**row, "run_id": run_id, "updated_at": stamp} for row in rows],
                     pk=("sample_index", "reject_index"),
@@ -527,15 +609,13 @@ class Ledger:
         )
         return {f"{r['verdict']} ({r['what']})": r["n"] for r in rows}
 
-    def totals(self, since: str | None = None) -> dict:
-        """Units and tokens generated (and the time span they cover), optionally since a timestamp."""
-        where, params = ("where updated_at >= ?", [since]) if since else ("", [])
+    def totals(self) -> dict:
+        """Units and tokens generated, and the time span they cover."""
         return next(
             self.db.query(
                 "select count(*) as units, coalesce(sum(new_tokens), 0) as new_tokens,"
                 " coalesce(sum(prompt_tokens), 0) as prompt_tokens, min(updated_at) as first, max(updated_at) as last"
-                f" from units {where}",
-                params,
+                " from units"
             )
         )
 
@@ -544,14 +624,11 @@ class Ledger:
         return next(self.db.query("select coalesce(sum(gen_seconds), 0) as s from units"))["s"]
 
     def failures(self) -> list[dict]:
-        return list(
-            self.db.query(
-                "select status, coalesce(nullif(detail, ''), status) as reason, count(*) as units,"
-                " group_concat(distinct sample_index) as samples from units"
-                " where status in ('error', 'oom', 'no_sql', 'timeout', 'retry')"
-                " group by status, reason order by units desc"
-            )
-        )
+        return list(self.db.query("select * from failures"))
+
+    def speed(self, minutes: int = RECENT_MINUTES) -> dict:
+        """The `speed` view's row, for a recent window of `minutes`."""
+        return next(self.db.query(speed_sql(minutes)))
 
     def last_error(self) -> dict | None:
         rows = list(

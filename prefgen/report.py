@@ -6,21 +6,14 @@
 
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 import orjson
 
 from prefgen.errors import ConfigError, LedgerError
 from prefgen.judge import RETRIED_STATUSES
-from prefgen.ledger import Ledger
+from prefgen.ledger import RECENT_MINUTES, Ledger
 from prefgen.lock import exclusive
-
-RECENT_MINUTES = 10
-
-
-def parse_time(stamp: str | None) -> datetime.datetime | None:
-    return datetime.datetime.fromisoformat(stamp) if stamp else None
 
 
 def human_number(value: float) -> str:
@@ -48,42 +41,31 @@ def human_duration(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-def _rate(count: float, seconds: float | None) -> float | None:
-    return count / seconds if seconds else None
-
-
 def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
-    """Everything `ledger status` shows, as one JSON-ready dict with stable keys."""
+    """Everything `ledger status` shows, as one JSON-ready dict with stable keys, read from the
+    ledger's views (those `prefgen browse` shows)."""
     ledger = Ledger(path, readonly=True)
     try:
         progress = ledger.progress()
+        speed = ledger.speed(recent_minutes)
         counts = ledger.status_counts()
         runs = ledger.run_history()
         partial = ledger.partial_samples()
         verdicts = ledger.verdict_counts()
         overall = ledger.totals()
-        recent_start = _minus_minutes(progress["last_update"], recent_minutes)
-        recent = ledger.totals(since=recent_start) if recent_start else {"units": 0, "new_tokens": 0}
         last_error = ledger.last_error()
         settings = orjson.loads(runs and ledger.runs()[-1]["settings"] or "{}")
         mode = orjson.loads(ledger.meta("fingerprint") or "{}").get("pairs", "gold")
         paired = ledger.paired_summary() if mode == "onpolicy" else None
     finally:
         ledger.close()
-    run_seconds = sum(r["seconds"] or 0 for r in runs) or None
-    recent_seconds = _recent_span(recent_start, progress["last_update"], runs)
-    units_total = progress["units_total"] or 0
     samples_total = progress["samples_total"] or 0
-    units_rate = _rate(overall["units"], run_seconds)
-    recent_rate = _rate(recent["units"], recent_seconds)
-    remaining = max(units_total - progress["units_done"], 0)
-    eta_rate = recent_rate or units_rate
     return {
         "ledger": str(path),
         "units": {
-            "total": units_total,
+            "total": progress["units_total"] or 0,
             "done": progress["units_done"],
-            "remaining": remaining,
+            "remaining": speed["remaining"],
             "failed": progress["units_failed"],
             "by_status": counts,
             "by_verdict": verdicts,
@@ -98,13 +80,13 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         "pairs": _pairs_data(mode, paired),
         "tokens": {"prompt": overall["prompt_tokens"], "generated": overall["new_tokens"]},
         "throughput": {
-            "units_per_s": units_rate,
-            "tokens_per_s": _rate(overall["new_tokens"], run_seconds),
+            "units_per_s": speed["units_per_s"],
+            "tokens_per_s": speed["tokens_per_s"],
             "recent_minutes": recent_minutes,
-            "recent_units_per_s": recent_rate,
-            "recent_tokens_per_s": _rate(recent["new_tokens"], recent_seconds),
+            "recent_units_per_s": speed["recent_units_per_s"],
+            "recent_tokens_per_s": speed["recent_tokens_per_s"],
         },
-        "eta_s": remaining / eta_rate if remaining and eta_rate else (0.0 if not remaining else None),
+        "eta_s": speed["eta_s"],
         "last_update": progress["last_update"],
         "runs": runs,
         "last_error": last_error,
@@ -128,19 +110,6 @@ def _pairs_data(mode: str, paired: dict | None) -> dict:
         "pairs": paired["pairs"],
         "fallbacks": paired["fallbacks"],
     }
-
-
-def _minus_minutes(stamp: str | None, minutes: int) -> str | None:
-    moment = parse_time(stamp)
-    return (moment - datetime.timedelta(minutes=minutes)).isoformat(timespec="milliseconds") if moment else None
-
-
-def _recent_span(start: str | None, end: str | None, runs: list[dict]) -> float | None:
-    """Seconds of the recent window that the latest run was actually working."""
-    if not start or not end or not runs:
-        return None
-    begin = max(parse_time(start), parse_time(runs[-1]["started_at"]))
-    return max((parse_time(end) - begin).total_seconds(), 0) or None
 
 
 def format_status(data: dict) -> str:

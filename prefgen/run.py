@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import signal
-import threading
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import Iterator
 from prefgen.batching import batches, window_start
 from prefgen.commit import OutputJournal, unit_row
 from prefgen.config import GenerateConfig
-from prefgen.errors import Interrupted, OutOfMemory, OutputError
+from prefgen.errors import Interrupted, OutputError
 from prefgen.faults import fault_point
 from prefgen.judge import CANDIDATE, RETRIED_STATUSES, WRITTEN, judge_batch, with_verdict
 from prefgen.ledger import Ledger
@@ -101,22 +100,6 @@ class StopSignals:
             raise Interrupted(f"stopped by {name} after committing", exit_code=EXIT_CODES[self.received])
 
 
-def generate_with_backoff(engine, units: list, rows: list, on_backoff) -> list[tuple]:
-    """(new tokens or None, seconds) per unit; on out-of-memory, halve the batch and retry,
-    down to single rows (None: the unit does not fit alone)."""
-    try:
-        tokens, seconds = engine.generate_tokens(units, rows)
-        return [(new, seconds) for new in tokens]
-    except OutOfMemory:
-        engine.free_memory()
-        if len(units) == 1:
-            return [(None, 0.0)]
-        half = (len(units) + 1) // 2
-        on_backoff(len(units), half)
-        first = generate_with_backoff(engine, units[:half], rows[:half], on_backoff)
-        return first + generate_with_backoff(engine, units[half:], rows[half:], on_backoff)
-
-
 @contextlib.contextmanager
 def progress_bar(total: int, initial: int, enabled: bool) -> Iterator:
     from tqdm import tqdm
@@ -155,7 +138,7 @@ class GenerateRun:
 
     def __init__(self, cfg: GenerateConfig, ledger: Ledger, stop: StopSignals, show_progress: bool):
         self.cfg, self.ledger, self.stop, self.show_progress = cfg, ledger, stop, show_progress
-        self.journal = OutputJournal(ledger, cfg.output_path)
+        self.journal = OutputJournal(ledger, cfg.output_path, cfg.db_field)
         self.policy = cfg.check_policy()
         self.checker = None  # CheckerPool with --db-root
         self.run_id = 0
@@ -244,11 +227,13 @@ class GenerateRun:
 
     def load(self, engine=None):
         if engine is None:
-            from prefgen.engine import load_engine
+            from prefgen.engines import load_engine
 
             engine = load_engine(self.cfg)
         self.ledger.record_event(
-            self.run_id, "model_loaded", {"device": engine.device, "adapter_merged": engine.adapter_merged}
+            self.run_id,
+            "model_loaded",
+            {"engine": self.cfg.engine, "device": engine.device, "adapter_merged": engine.adapter_merged},
         )
         fault_point("after_model_load")
         self.stop.check()
@@ -279,6 +264,7 @@ class GenerateRun:
         cfg = self.cfg
         self.summary = summary
         self.done, self.in_flight = 0, None
+        owned = engine is None  # an engine this run loads, it closes (with its processes, if any)
         if self.policy:  # the workers start while the model loads
             from prefgen.checker import CheckerPool
 
@@ -286,9 +272,7 @@ class GenerateRun:
         try:
             self.engine = engine = self.load(engine)
             self.batch_limit = self.choose_batch_size(engine)
-            # Measured on CPU, overlapping only makes generation and commits share the cores
-            # (docs/benchmarks.md); on a GPU the generating thread waits on the device.
-            self.overlap = cfg.overlap if cfg.overlap is not None else engine.device.startswith("cuda")
+            self.overlap = cfg.overlap if cfg.overlap is not None else engine.overlap_default
             with progress_bar(summary.total_units, summary.done_before, self.show_progress) as self.bar:
                 while True:
                     for batch in batches(
@@ -314,6 +298,8 @@ class GenerateRun:
         finally:
             if self.checker:
                 self.checker.close()
+            if owned and self.engine is not None:
+                self.engine.close()
         return self.done
 
     def tracked(self, units):
@@ -332,7 +318,7 @@ class GenerateRun:
     def step(self, engine, batch: list) -> None:
         """Start generating `batch`; while it generates, judge and commit the batch before it."""
         fault_point("before_generate")
-        previous, self.in_flight = self.in_flight, (batch, generate_in_background(engine, batch))
+        previous, self.in_flight = self.in_flight, (batch, engine.start(batch))
         if previous:
             self.finish(*previous)
         if not self.overlap or self.stop.received is not None:
@@ -349,11 +335,10 @@ class GenerateRun:
             self.commit_ready(backlog=0)
 
     def finish(self, batch: list, future: Future) -> None:
-        """Wait for a batch's tokens, then decode and judge it, and start its SQL executing."""
-        rows, results, backoffs = future.result()
+        """Wait for a batch's answers, then judge it, and start its SQL executing."""
+        answers, backoffs = self.engine.answers(batch, future)
         for count, half in backoffs:
             self.on_backoff(count, half)
-        answers = [self.engine.answer(row, new, seconds) for row, (new, seconds) in zip(rows, results, strict=True)]
         judged = judge_batch(batch, answers, self.kept, self.cfg.dedup_rejects, self.cfg.onpolicy)
         verdicts = [self.submit_check(item) for item in judged] if self.checker else []
         self.waiting.append((judged, verdicts))
@@ -445,27 +430,3 @@ def wait_quietly(in_flight) -> None:
             in_flight[1].result()
         except BaseException:
             pass
-
-
-def generate_in_background(engine, batch: list) -> Future:
-    """Generate a batch in a daemon thread (torch releases the GIL while it computes).
-
-    Prompts are tokenized here, in the calling thread, and answers decoded there later: the
-    thread only runs torch. The result is (prompt rows, [(tokens, seconds)], [(rows,
-    retry_rows) of each OOM backoff]). A daemon thread never holds the process up when a
-    second signal stops it at once.
-    """
-    future: Future = Future()
-    rows = [engine.prompt_ids(unit) for unit in batch]
-
-    def work() -> None:
-        backoffs: list[tuple[int, int]] = []
-        try:
-            results = generate_with_backoff(engine, batch, rows, lambda count, half: backoffs.append((count, half)))
-        except BaseException as exc:  # handed to the main thread, which raises it
-            future.set_exception(exc)
-        else:
-            future.set_result((rows, results, backoffs))
-
-    threading.Thread(target=work, name="prefgen-generate", daemon=True).start()
-    return future

@@ -69,7 +69,7 @@ def build_tiny_model(directory: str | Path, seed: int = 0) -> Path:
     import torch
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    from prefgen.engine import quiet_transformers
+    from prefgen.engines.hf import quiet_transformers
 
     quiet_transformers()
     directory = Path(directory)
@@ -83,7 +83,7 @@ def build_tiny_model(directory: str | Path, seed: int = 0) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
+        head_dim=32,  # vLLM's CPU attention refuses 16
         num_experts=4,
         num_experts_per_tok=2,
         max_position_embeddings=8192,

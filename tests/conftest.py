@@ -80,32 +80,34 @@ def query(path, sql: str) -> list[dict]:
         conn.close()
 
 
-class ScriptedEngine:
+def scripted_engine(script):
     """Stands in for the model where a test needs chosen SQL answers (the tiny model writes
     random text): unit (sample, attempt) answers `script(sample, attempt)`. Everything after
-    generation (judging, execution, commits, resume) is prefgen's real code."""
+    generation (judging, execution, commits, resume) is prefgen's real code, and generation
+    goes through the engine boundary's real background batches (prefgen.engines.BatchEngine)."""
+    from prefgen.engines import Answer, BatchEngine
 
-    device = "cpu"
-    adapter_merged = False
+    class ScriptedEngine(BatchEngine):
+        device = "cpu"
+        adapter_merged = False
 
-    def __init__(self, script):
-        self.script = script
-        self.generated: list[tuple[int, int]] = []
+        def __init__(self):
+            self.generated: list[tuple[int, int]] = []
 
-    def prompt_ids(self, unit) -> list[int]:
-        return [unit.sample_index, unit.reject_index]
+        def prompt_ids(self, unit) -> list[int]:
+            return [unit.sample_index, unit.reject_index]
 
-    def prompt_length(self, unit) -> int:
-        return 2
+        def prompt_length(self, unit) -> int:
+            return 2
 
-    def generate_tokens(self, units, rows):
-        self.generated += [tuple(row) for row in rows]
-        return [[0] for _ in units], 0.001
+        def generate_tokens(self, units, rows):
+            self.generated += [tuple(row) for row in rows]
+            return [[0] for _ in units], 0.001
 
-    def answer(self, row, new, seconds):
-        from prefgen.engine import Answer
+        def answer(self, row, new, seconds):
+            return Answer(script(*row), prompt_tokens=2, new_tokens=1, seconds=seconds)
 
-        return Answer(self.script(*row), prompt_tokens=2, new_tokens=1, seconds=seconds)
+    return ScriptedEngine()
 
-    def free_memory(self) -> None:
-        pass
+
+ScriptedEngine = scripted_engine

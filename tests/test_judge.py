@@ -3,7 +3,7 @@
 import pytest
 from conftest import generate_args, query, read_jsonl, run_cli, write_records
 
-from prefgen.engine import Answer
+from prefgen.engines import Answer
 from prefgen.judge import judge_batch
 from prefgen.normalize import normalize_sql
 from prefgen.plan import plan_units

@@ -20,6 +20,7 @@ STATUS_KEYS = {
     "runs",
     "last_error",
     "settings",
+    "pairs",
 }
 
 
@@ -39,6 +40,7 @@ def test_status_figures_match_the_ledger_and_the_jsonl(partial_run):
     assert set(data) == STATUS_KEYS
     assert set(data["units"]) == {"total", "done", "remaining", "failed", "by_status", "by_verdict"}
     assert set(data["samples"]) == {"total", "complete", "partial", "pending"}
+    assert data["pairs"] == {"mode": "gold"}
     assert set(data["throughput"]) == {
         "units_per_s",
         "tokens_per_s",
@@ -155,14 +157,28 @@ def test_ledger_schema(partial_run):
         "verdict_detail": str,
         "multiset_differs": int,
         "order_differs": int,
+        "role": str,
     }
     assert db["units"].pks == ["sample_index", "reject_index"]
-    assert set(db.view_names()) == {"progress", "sample_progress", "run_history"}
+    assert db["samples"].columns_dict == {"sample_index": int, "db": str, "instruction": str, "input": str, "gold": str}
+    assert set(db["pairs"].columns_dict) >= {"sample_index", "pair_index", "chosen_source", "line"}
+    assert set(db.view_names()) == {
+        "progress",
+        "sample_progress",
+        "run_history",
+        "speed",
+        "progress_over_time",
+        "outcomes_by_database",
+        "failures",
+        "pair_lines",
+    }
     assert [r["name"] for r in db["_prefgen_migrations"].rows] == [
         "m001_initial",
         "m002_views",
         "m003_same_as_gold",
         "m004_verdicts",
+        "m005_onpolicy_pairs",
+        "m006_browse",
     ]
 
 

@@ -41,7 +41,7 @@ def test_temperature_zero_is_greedy():
 
 @pytest.fixture(scope="module")
 def engine(tiny_model):
-    from prefgen.engine import load_engine
+    from prefgen.engines import load_engine
 
     cfg = GenerateConfig(
         base_model=str(tiny_model),

