@@ -48,14 +48,14 @@ GEN_BIN := $(BIN)
 GEN_STAMP := $(STAMP)
 endif
 
-.PHONY: generate test check-clients check-vllm status bench venv clean
+.PHONY: generate test check-clients check-vllm status browse bench venv clean
 
 venv: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml .ci/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c .ci/constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c .ci/constraints.txt -e '.[test,browse]'
 	touch $@
 
 $(TINY_MODEL)/config.json: $(STAMP)
@@ -73,7 +73,12 @@ generate: $(GEN_STAMP) $(GEN_DEPS)
 	  $(if $(filter 1,$(DEDUP)),--dedup-rejects) $(if $(filter exact sql,$(DEDUP)),--dedup-rejects $(DEDUP))
 
 status: $(STAMP)
-	$(BIN)/prefgen ledger status $(if $(LEDGER),'$(LEDGER)','$(OUT).ledger.sqlite')
+	$(BIN)/prefgen ledger status $(if $(LEDGER),'$(LEDGER)','$(OUT)')
+
+# The run in the browser (Datasette, read-only): http://127.0.0.1:$(PORT)/-/dashboards/run
+PORT ?= 8001
+browse: $(STAMP)
+	$(BIN)/prefgen browse $(if $(LEDGER),'$(LEDGER)','$(OUT)') --port $(PORT)
 
 # Benchmark: prefgen vs the old one-generate-per-reject script vs bare batched generate.
 # BENCH_ARGS, e.g. "--model /models/x --device cuda --batch-size 64", are passed through.

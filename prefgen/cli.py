@@ -12,6 +12,7 @@ import click
 
 from prefgen import __version__
 from prefgen.checker import EQUIVALENCE_MODES
+from prefgen.config import ledger_of
 from prefgen.errors import Interrupted, PrefgenError
 
 EXIT_INCOMPLETE = 3  # the run ended, but some units are oom/error and wait for the next run
@@ -468,9 +469,34 @@ def pair(candidates, output, num_pairs, answer, fallback, **options):
     click.echo(f"Pairs written to {output}")
 
 
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (localhost only by default)."
+)
+@click.option("--port", type=int, default=8001, show_default=True)
+@friendly_errors
+def browse(path, host, port):
+    """Look at a run in the browser (Datasette, read-only): dashboard, pairs, samples, failures.
+
+    PATH is the run's output JSONL or its ledger. Safe beside a run that is writing.
+
+    \b
+    Example:
+      prefgen browse runs/demo.jsonl            # then open http://127.0.0.1:8001/-/dashboards/run
+      ssh -L 8001:localhost:8001 gpu-box        # from your laptop, for a run on a remote machine
+    """
+    from prefgen.browse import prepare, serve
+
+    ledger = ledger_of(path)
+    ds = prepare(ledger)
+    click.echo(f"Serving {ledger} read-only at http://{host}:{port}/-/dashboards/run (Ctrl-C to stop)")
+    serve(ds, host, port)
+
+
 @cli.group()
 def ledger():
-    """Inspect a ledger."""
+    """Inspect a ledger (give the ledger, or the run's output JSONL)."""
 
 
 @ledger.command()
@@ -493,7 +519,7 @@ def status(path, as_json, as_config, recent_minutes):
 
     from prefgen.report import config_yaml, format_status, status_data
 
-    data = status_data(path, recent_minutes)
+    data = status_data(str(ledger_of(path)), recent_minutes)
     if as_config:
         click.echo(config_yaml(data), nl=False)
     elif as_json:
@@ -516,7 +542,7 @@ def show(path, sample_index, full):
     """
     from prefgen.report import format_sample
 
-    click.echo(format_sample(path, sample_index, full))
+    click.echo(format_sample(str(ledger_of(path)), sample_index, full))
 
 
 @ledger.command()
@@ -531,7 +557,7 @@ def failures(path):
     """
     from prefgen.report import format_failures
 
-    click.echo(format_failures(path))
+    click.echo(format_failures(str(ledger_of(path))))
 
 
 @ledger.command()
@@ -553,5 +579,5 @@ def retry(path, statuses):
     """
     from prefgen.report import mark_retry
 
-    count = mark_retry(path, [s.strip() for s in statuses.split(",") if s.strip()])
+    count = mark_retry(str(ledger_of(path)), [s.strip() for s in statuses.split(",") if s.strip()])
     click.echo(f"Marked {count} units for retry: the next run generates them again.")
