@@ -26,9 +26,9 @@ SETTINGS = {
 
 def import_datasette():
     try:
+        import datasette_dashboards  # noqa: F401  (the charts)
         from datasette.app import Datasette
         from datasette.database import Database
-        import datasette_dashboards  # noqa: F401  (the charts)
     except ImportError as exc:
         raise ConfigError(
             f"prefgen browse needs Datasette and datasette-dashboards ({exc})", hint=INSTALL_HINT
