@@ -48,7 +48,7 @@ GEN_BIN := $(BIN)
 GEN_STAMP := $(STAMP)
 endif
 
-.PHONY: generate test check-clients check-vllm status browse bench venv clean
+.PHONY: generate test check-clients check-vllm status browse bench bench-engines venv clean
 
 venv: $(STAMP)
 
@@ -84,6 +84,10 @@ browse: $(STAMP)
 # BENCH_ARGS, e.g. "--model /models/x --device cuda --batch-size 64", are passed through.
 bench: $(STAMP)
 	$(BIN)/python -m prefgen.bench $(BENCH_ARGS)
+
+# The vLLM engine (d) against bare vLLM (e) and the transformers engine (a), in .venv-vllm.
+bench-engines: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m prefgen.bench_engines $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -64,8 +64,9 @@ def build_tokenizer(vocab_size: int = 1024):
     )
 
 
-def build_tiny_model(directory: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random Qwen3-MoE model and its tokenizer to `directory`."""
+def build_tiny_model(directory: str | Path, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
+    """Write a tiny random Qwen3-MoE model and its tokenizer to `directory` (`hidden` and
+    `layers` make a bigger one, for benchmarks where the model, not Python, should dominate)."""
     import torch
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
@@ -77,10 +78,10 @@ def build_tiny_model(directory: str | Path, seed: int = 0) -> Path:
     tokenizer = build_tokenizer()
     config = Qwen3MoeConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        moe_intermediate_size=32,
-        num_hidden_layers=2,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        moe_intermediate_size=hidden // 2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=32,  # vLLM's CPU attention refuses 16
