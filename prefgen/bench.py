@@ -63,6 +63,23 @@ def mixed_records(count: int, rng: random.Random) -> list[dict]:
     ]
 
 
+def bench_config(model, data: Path, work: Path, samples, rejects, max_new_tokens, batch_size, device) -> GenerateConfig:
+    """The settings every comparison starts from: sampling at 0.7 / 0.9, seed 1234."""
+    return GenerateConfig(
+        base_model=str(model),
+        sft_data=str(data),
+        output=str(work / "unused.jsonl"),
+        num_rejects=rejects,
+        max_new_tokens=max_new_tokens,
+        temperature=0.7,
+        top_p=0.9,
+        max_samples=samples,
+        batch_size=batch_size,
+        device=device,
+        seed=1234,
+    )
+
+
 def timed_prefgen(cfg: GenerateConfig, engine) -> tuple[float, int, int]:
     """(seconds, units, new tokens) of an end-to-end prefgen run with a loaded engine."""
     from prefgen.ledger import Ledger
@@ -450,19 +467,7 @@ def main(model, device, samples, rejects, max_new_tokens, batch_size, skip_start
         work = Path(tmp)
         model = model or str(build_tiny_model(work / "tiny"))
         data = write_json(work / "data.json", sample_records(samples))
-        cfg = GenerateConfig(
-            base_model=model,
-            sft_data=str(data),
-            output=str(work / "unused.jsonl"),
-            num_rejects=rejects,
-            max_new_tokens=max_new_tokens,
-            temperature=0.7,
-            top_p=0.9,
-            max_samples=samples,
-            batch_size=batch_size,
-            device=device,
-            seed=1234,
-        )
+        cfg = bench_config(model, data, work, samples, rejects, max_new_tokens, batch_size, device)
         results = {}
         if not only or "verify" in only:
             results["verify"] = verify_variants(work)

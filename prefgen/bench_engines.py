@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from prefgen.bench import print_table, row, sample_records, timed_prefgen, write_json
+from prefgen.bench import bench_config, print_table, row, sample_records, timed_prefgen, write_json
 from prefgen.config import GenerateConfig
 from prefgen.plan import plan_units
 from prefgen.records import iter_records
@@ -94,19 +94,7 @@ def main(samples, rejects, max_new_tokens, batch_size, json_out):
         )
         for label, size in (("tiny (hidden 64, 2 layers)", (64, 2)), ("bigger (hidden 256, 8 layers)", (256, 8))):
             model = build_tiny_model(work / f"model-{size[0]}", hidden=size[0], layers=size[1])
-            cfg = GenerateConfig(
-                base_model=str(model),
-                sft_data=str(data),
-                output=str(work / "unused.jsonl"),
-                num_rejects=rejects,
-                max_new_tokens=max_new_tokens,
-                temperature=0.7,
-                top_p=0.9,
-                max_samples=samples,
-                batch_size=batch_size,
-                device="cpu",
-                seed=1234,
-            )
+            cfg = bench_config(model, data, work, samples, rejects, max_new_tokens, batch_size, "cpu")
             results[label] = compare(cfg, work, label.split()[0])
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2))

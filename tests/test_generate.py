@@ -1,3 +1,4 @@
+import importlib.util
 import subprocess
 import sys
 
@@ -204,6 +205,22 @@ def test_bad_data_gives_an_error_and_touches_nothing(workdir, tiny_model, sample
     assert not other.exists() or other.read_bytes() == b""
 
 
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_the_vllm_engine_without_vllm_names_the_install_command(workdir, tiny_model, sample_data):
+    result = run_cli(generate_args(tiny_model, sample_data, workdir / "p.jsonl", engine="vllm"), expect=1)
+    assert "Error: --engine vllm needs vLLM" in result.output and "pip install 'prefgen[vllm]'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_the_engine_joins_the_fingerprint(workdir, tiny_model, sample_data):
+    out = workdir / "p.jsonl"
+    run_cli(generate_args(tiny_model, sample_data, out, max_samples=1))
+    result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=1, engine="vllm"), expect=1)
+    assert "other settings" in result.output and "engine (ledger: None, now: 'vllm')" in result.output
+    result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=1, batch_invariant=True), expect=1)
+    assert "--batch-invariant is a vLLM setting" in result.output
+
+
 def test_missing_model_directory(workdir, sample_data):
     result = run_cli(generate_args(workdir / "no-model", sample_data, workdir / "p.jsonl"), expect=1)
     assert "Error: " in result.output and "no-model: no such model directory" in result.output
@@ -222,6 +239,9 @@ def test_cli_in_a_subprocess_warns_on_cuda_and_prints_no_traceback_for_bad_input
     assert done.returncode == 0, done.stderr
     assert "CUDA is not available: running on CPU" in done.stderr
     assert len(read_jsonl(out)) == 2
+    # prefgen's own warnings reach the terminal; the libraries' (deprecations, advice) do not
+    others = [line for line in done.stderr.splitlines() if "Warning" in line and not line.startswith("Warning: ")]
+    assert others == [], done.stderr
     bad = write_records(workdir / "bad.json", [{"instruction": "x", "output": None}])
     done = subprocess.run(
         [sys.executable, "-m", "prefgen", *generate_args(tiny_model, bad, workdir / "o.jsonl")],
