@@ -186,6 +186,15 @@ def test_torchrun_ranks_run_one_engine_each_and_merge(tiny_model, workdir, vllm_
     assert sorted({line["sample_index"] for line in lines}) == [0, 1, 2, 3]
 
 
+def test_not_enough_memory_for_the_kv_cache_is_an_error_naming_the_flags(tiny_model, workdir, monkeypatch):
+    data = write_records(workdir / "data.json", [{"instruction": "q", "output": "SELECT 1"}])
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "0")  # then the memory share decides
+    code, output = run(vllm_args(tiny_model, data, workdir / "p.jsonl", gpu_memory_utilization=0.001))
+    assert code == 1 and "Traceback" not in output
+    assert "Error: vLLM could not start" in output and "No available memory for the cache blocks" in output
+    assert "--max-model-len" in output and "--gpu-memory-utilization" in output
+
+
 def test_resuming_a_vllm_run_with_the_transformers_engine_is_refused(vllm_reference, tiny_model):
     data, reference = vllm_reference
     code, output = run(generate_args(tiny_model, data, reference, **{**FLAGS, "engine": "transformers"}))

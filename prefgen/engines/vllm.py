@@ -6,10 +6,10 @@ seeds, generated with vLLM's paged attention, prefix caching and continuous batc
   would use (the chat template through the Hugging Face tokenizer), and a sample's rejects
   share their prompt's prefill through prefix caching.
 - Continuous batching, bounded: one driver thread owns the vLLM engine and steps it without
-  pause, adding each batch's requests as the run loop starts it; the run loop keeps the next
-  batch submitted while it judges the previous one (`overlap_default`), so the engine is never
-  idle at a batch's tail, and commits stay in plan order (the reorder window is two batches).
-  At most `--batch-size` requests run at once (vLLM's `max_num_seqs`; `auto`: vLLM's own).
+  pause; a request joins the engine as another finishes, at most `--batch-size` of them in it
+  at once (also vLLM's `max_num_seqs`; `auto`: vLLM's own). The run loop keeps the next batch
+  submitted while it judges the previous one (`overlap_default`), so the engine is never idle
+  at a batch's tail, and commits stay in plan order (the reorder window is two batches).
 - The engine runs inside prefgen's process (no engine process of its own: a Ctrl-C reaches
   prefgen alone, which stops after committing); whatever processes vLLM still starts die
   with the run through prefgen.processes, even under kill -9.
@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 
 from prefgen.config import GenerateConfig
@@ -96,9 +97,10 @@ def captured_stderr():
 
 
 def _tail(capture, lines: int = 8) -> str:
+    """vLLM's last error lines (its advice and progress bars left out)."""
     capture.seek(0)
-    text = capture.read().decode(errors="replace").strip().splitlines()
-    return "\n".join(text[-lines:])
+    text = capture.read().decode(errors="replace").splitlines()
+    return "\n".join([line for line in text if "rror" in line][-lines:])
 
 
 def import_vllm():
@@ -177,20 +179,29 @@ class VLLMEngine(TokenizerSide):
         return answers, []
 
     def _drive(self) -> None:
-        """Step the engine while it has work, taking new batches as they come."""
+        """Step the engine while it has work: requests join as others finish, at most
+        `max_running` of them in the engine at once; the rest wait here, in plan order."""
         active: dict[str, tuple[Batch, int]] = {}
+        waiting: deque = deque()  # (batch, index, prompt, params) not yet in the engine
         try:
             while True:
-                block = not active
+                block = not active and not waiting
                 try:
                     while True:
                         batch = self.inbox.get(block=block)
                         if batch is None:
                             return
-                        self._add(batch, active)
+                        if not batch.requests:
+                            batch.finish()
+                        waiting.extend((batch, *request) for request in batch.requests)
                         block = False
                 except queue.Empty:
                     pass
+                while waiting and len(active) < self.max_running:
+                    batch, index, row, params = waiting.popleft()
+                    request_id = f"{id(batch)}-{index}"
+                    self.llm.add_request(request_id, {"prompt_token_ids": row}, params)
+                    active[request_id] = (batch, index)
                 fault_point("generate", rows=len(active))
                 for output in self.llm.step():
                     if output.finished:
@@ -198,20 +209,12 @@ class VLLMEngine(TokenizerSide):
                         batch.done(index, list(output.outputs[0].token_ids))
         except BaseException as exc:  # every batch waiting fails with it, in the run loop's thread
             self.failure = exc
-            for batch, _ in active.values():
+            for batch in {id(b): b for b, *_ in [*active.values(), *waiting]}.values():
                 batch.fail(exc)
             while not self.inbox.empty():
                 pending = self.inbox.get_nowait()
                 if pending is not None:
                     pending.fail(exc)
-
-    def _add(self, batch: "Batch", active: dict) -> None:
-        if not batch.requests:
-            batch.finish()
-        for index, row, params in batch.requests:
-            request_id = f"{id(batch)}-{index}"
-            self.llm.add_request(request_id, {"prompt_token_ids": row}, params)
-            active[request_id] = (batch, index)
 
     def close(self) -> None:
         """Stop the driver and shut the engine down, freeing its memory."""
