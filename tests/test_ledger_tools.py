@@ -206,7 +206,7 @@ def test_status_while_a_run_writes_is_consistent_and_does_not_block(workdir, tin
 def test_not_a_ledger_and_a_newer_ledger_are_clear_errors(workdir, partial_run):
     (workdir / "notes.txt").write_text("hello")
     result = run_cli(["ledger", "status", str(workdir / "notes.txt")], expect=1)
-    assert result.output.startswith("Error: ") and "is not a prefgen ledger" in result.output
+    assert result.output.startswith("Error: ") and "is neither a prefgen ledger nor an output" in result.output
     plain = sqlite3.connect(workdir / "plain.db")
     plain.execute("create table t (x)")
     plain.close()

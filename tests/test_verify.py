@@ -73,7 +73,7 @@ EMPTY_GOLD = "SELECT turniername FROM spiele GROUP BY turniername HAVING count(*
 
 
 def test_against_a_gold_without_rows_a_candidate_with_rows_is_wrong_and_one_without_is_equivalent():
-    wrong = verdict(EMPTY_GOLD, "SELECT turniername FROM spiele", db="wta_1", root=DE)
+    wrong = verdict(EMPTY_GOLD, "SELECT 1", db="wta_1", root=DE)
     assert wrong.verdict == "wrong_result" and "the gold returns no rows" in wrong.detail
     empty = verdict(EMPTY_GOLD, "SELECT turniername FROM spiele WHERE 0", db="wta_1", root=DE)
     assert (empty.verdict, empty.detail) == ("equivalent", EMPTY_RESULTS)
@@ -136,7 +136,8 @@ def test_verify_command_judges_a_file_and_writes_the_kept_pairs(workdir):
         (STORE, G10, G10.replace("T2.product_type_code ,  T2.product_name", "T2.product_name, T2.product_type_code")),
         (STORE, G10, G10.replace("supplier_id  =  3", "supplier_id  =  2")),  # wrong_result
         (STORE, G10, "SELECT * FROM no_such_table"),  # exec_error
-        ("wta_1", "SELECT turniername FROM spiele GROUP BY turniername HAVING count(*) > 10", "SELECT 1"),
+        ("wta_1", EMPTY_GOLD, "SELECT 1"),  # wrong_result: the gold returns no rows, this one does
+        ("concert_singer", "SELECT name , land , alter FROM sänger ORDER BY alter DESC", "SELECT 1"),  # gold fails
         (STORE, G44, G44.replace("DISTINCT ", "")),  # equivalent, multiset differs
     ]
     source = workdir / "old.jsonl"
@@ -149,16 +150,18 @@ def test_verify_command_judges_a_file_and_writes_the_kept_pairs(workdir):
     root = workdir / "db"
     shutil.copytree(EN, root)
     shutil.copytree(DE / "wta_1", root / "wta_1")
+    shutil.copytree(DE / "concert_singer", root / "concert_singer")
     out = workdir / "verified.jsonl"
     result = run_cli(["verify", str(source), "--db-root", str(root), "--output", str(out)])
     table = result.output.splitlines()
     assert table[0].split() == ["verdict", "kept", "dropped"]
     assert "equivalent          0        2" in result.output
     assert "same_as_gold        0        1" in result.output
-    assert "wrong_result        1        0" in result.output
+    assert "wrong_result        2        0" in result.output
     assert "exec_error          1        0" in result.output
     assert "unverifiable        1        0" in result.output
-    assert [line["verdict"] for line in read_jsonl(out)] == ["wrong_result", "exec_error", "unverifiable"]
+    verdicts = ["wrong_result", "exec_error", "wrong_result", "unverifiable"]
+    assert [line["verdict"] for line in read_jsonl(out)] == verdicts
     strict = workdir / "strict.jsonl"
     run_cli(
         [
@@ -173,7 +176,12 @@ def test_verify_command_judges_a_file_and_writes_the_kept_pairs(workdir):
             "--drop-unverifiable",
         ]
     )
-    assert [line["verdict"] for line in read_jsonl(strict)] == ["wrong_result", "exec_error", "equivalent"]
+    assert [line["verdict"] for line in read_jsonl(strict)] == [
+        "wrong_result",
+        "exec_error",
+        "wrong_result",
+        "equivalent",
+    ]
 
 
 def test_verify_names_a_line_without_its_database_field(workdir):

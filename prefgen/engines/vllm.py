@@ -22,6 +22,7 @@ seeds, generated with vLLM's paged attention, prefix caching and continuous batc
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import queue
@@ -298,6 +299,8 @@ def load(cfg: GenerateConfig) -> VLLMEngine:
     from prefgen.engines.hf import load_tokenizer, merged_model, quiet_transformers
     from prefgen.processes import guard_children
 
+    if importlib.util.find_spec("vllm") is None:  # before anything is changed
+        raise ModelError("--engine vllm needs vLLM, which is not installed", hint=INSTALL_HINT)
     check_model_ref(cfg.base_model)
     prepare_environment(cfg)
     quiet_transformers()
@@ -306,10 +309,11 @@ def load(cfg: GenerateConfig) -> VLLMEngine:
         tokenizer = load_tokenizer(cfg.base_model)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the tokenizer of {cfg.base_model}: {exc}") from exc
-    guard_children()
-    with captured_stderr() as said:
+    with captured_stderr():
         EngineArgs, SamplingParams, LLMEngine, platform = import_vllm()
-        device = "cuda" if platform.is_cuda_alike() else "cpu"
+    device = "cuda" if platform.is_cuda_alike() else "cpu"
+    guard_children()  # from here on, what vLLM starts dies with this run
+    with captured_stderr() as said:
         fault_point("mid_model_load")
         llm = start_engine(EngineArgs, LLMEngine, cfg, str(model), device, said)
     if cfg.device.startswith("cuda") and device != "cuda":
