@@ -1,7 +1,8 @@
 """`make bench-engines`: the vLLM engine against bare vLLM and the transformers engine.
 
 The same units (Spider prompts of the shipped sample x rejects, one seed each) are generated,
-in one process, one way after the other: (d) `prefgen generate --engine vllm` end to end
+in one process, one way after the other: (a) first (vLLM's CPU backend binds the process's
+threads once it starts), then (d) `prefgen generate --engine vllm` end to end
 (ledger, JSONL, judging; the engine already started), (e) bare vLLM: `LLM.generate` on the same
 prompt token ids with the same per-request seeds, nothing written, and (a) `prefgen generate`
 with the transformers engine (model already loaded). Each on the default tiny model and on a
@@ -56,6 +57,12 @@ def compare(cfg: GenerateConfig, work: Path, label: str) -> dict:
     from prefgen.engines import load_engine
 
     units = list(plan_units(iter_records(cfg.sft_data, cfg.max_samples), cfg.num_rejects, cfg.seed))
+    # the transformers engine first: vLLM's CPU backend binds this process's threads and memory
+    hf_cfg = replace(cfg, output=str(work / f"a-{label}.jsonl"))
+    hf = load_engine(hf_cfg)
+    a = row("(a) prefgen, transformers engine", *timed_prefgen(hf_cfg, hf))
+    del hf
+    gc.collect()
     vllm_cfg = replace(cfg, engine="vllm", output=str(work / f"d-{label}.jsonl"))
     engine = load_engine(vllm_cfg)
     prompts = [engine.prompt_ids(u) for u in units]
@@ -64,9 +71,6 @@ def compare(cfg: GenerateConfig, work: Path, label: str) -> dict:
     del engine
     gc.collect()
     e = row("(e) bare vLLM LLM.generate", *bare_vllm(cfg, prompts, [u.seed for u in units]))
-    hf_cfg = replace(cfg, output=str(work / f"a-{label}.jsonl"))
-    hf = load_engine(hf_cfg)
-    a = row("(a) prefgen, transformers engine", *timed_prefgen(hf_cfg, hf))
     ratios = [
         ("(d)/(e) units/s", d["units_per_s"] / e["units_per_s"], "target >= 0.9"),
         ("(d)/(a) units/s", d["units_per_s"] / a["units_per_s"], "report"),
