@@ -36,7 +36,7 @@ def bare_vllm(cfg: GenerateConfig, prompts: list[list[int]], seeds: list[int]) -
 
     prepare_environment(cfg)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"  # vLLM's default: its engine core in a process of its own
-    options = engine_args(dict, cfg, cfg.base_model, "cpu")
+    options = engine_args(dict, cfg, cfg.base_model, "cuda" if cfg.device.startswith("cuda") else "cpu")
     options.pop("distributed_executor_backend")
     llm = LLM(**options)
     params = [
@@ -84,8 +84,9 @@ def compare(cfg: GenerateConfig, work: Path, label: str) -> dict:
 @click.option("--rejects", type=int, default=4, show_default=True)
 @click.option("--max-new-tokens", type=int, default=48, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda where vLLM is built for it.")
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
-def main(samples, rejects, max_new_tokens, batch_size, json_out):
+def main(samples, rejects, max_new_tokens, batch_size, device, json_out):
     """Benchmark the vLLM engine (d) against bare vLLM (e) and the transformers engine (a)."""
     from prefgen.tiny import build_tiny_model
 
@@ -98,7 +99,7 @@ def main(samples, rejects, max_new_tokens, batch_size, json_out):
         )
         for label, size in (("tiny (hidden 64, 2 layers)", (64, 2)), ("bigger (hidden 256, 8 layers)", (256, 8))):
             model = build_tiny_model(work / f"model-{size[0]}", hidden=size[0], layers=size[1])
-            cfg = bench_config(model, data, work, samples, rejects, max_new_tokens, batch_size, "cpu")
+            cfg = bench_config(model, data, work, samples, rejects, max_new_tokens, batch_size, device)
             results[label] = compare(cfg, work, label.split()[0])
     if json_out:
         Path(json_out).write_text(json.dumps(results, indent=2))
