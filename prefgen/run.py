@@ -1,11 +1,12 @@
 """`prefgen generate`: drive the flow from records to committed units, resumably.
 
-records -> plan -> skip what the ledger has -> batch -> generate -> extract/judge
-  -> (with --db-root) execution verdicts in worker processes -> commit
+records -> plan -> skip what the ledger has -> batch -> generate (an engine: transformers or
+  vLLM, behind prefgen.engines' interface) -> extract/judge -> (with --db-root) execution
+  verdicts in worker processes -> (with --pairs onpolicy) pairs of completed samples -> commit
 
-Three things overlap: a batch generates (in a background thread) while the batch before it
-is judged and its SQL executed (in worker processes), and batches whose verdicts are in are
-committed, always in batch order.
+Three things overlap: a batch generates (in the engine's background thread) while the batch
+before it is judged and its SQL executed (in worker processes), and batches whose verdicts are
+in are committed, always in batch order. The run loop never asks which engine it drives.
 """
 
 from __future__ import annotations
