@@ -21,9 +21,9 @@ import orjson
 
 from prefgen.errors import OutputError
 from prefgen.faults import fault_point
-from prefgen.judge import WRITTEN, Judged
+from prefgen.judge import CHOSEN, REJECTED, WRITTEN, Judged
 from prefgen.ledger import Ledger
-from prefgen.pairing import Pair, SamplePairs, pair_fields
+from prefgen.pairing import GOLD, MODEL, Pair, SamplePairs, pair_fields
 
 log = logging.getLogger("prefgen")
 
@@ -60,8 +60,8 @@ def sample_row(sample: SamplePairs) -> dict:
     return {
         "sample_index": sample.record.index,
         "candidates": len(sample.candidates),
-        "chosen_candidates": sample.count("chosen"),
-        "rejected_candidates": sample.count("rejected"),
+        "chosen_candidates": sample.count(CHOSEN),
+        "rejected_candidates": sample.count(REJECTED),
         "pairs": len(sample.pairs),
         "fallback": int(sample.fallback),
     }
@@ -198,7 +198,7 @@ class OutputJournal:
                     {
                         "sample_index": sample.record.index,
                         "pair_index": pair.index,
-                        "chosen_source": "gold" if pair.chosen is None else "model",
+                        "chosen_source": GOLD if pair.chosen is None else MODEL,
                         "chosen_attempt": pair.chosen and pair.chosen.attempt,
                         "rejected_attempt": pair.rejected.attempt,
                         "line_offset": offset,
