@@ -83,11 +83,11 @@ browse: $(STAMP)
 # Benchmark: prefgen vs the old one-generate-per-reject script vs bare batched generate.
 # BENCH_ARGS, e.g. "--model /models/x --device cuda --batch-size 64", are passed through.
 bench: $(STAMP)
-	$(BIN)/python -m prefgen.bench $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 # The vLLM engine (d) against bare vLLM (e) and the transformers engine (a), in .venv-vllm.
 bench-engines: $(VLLM_STAMP)
-	$(VLLM_VENV)/bin/python -m prefgen.bench_engines $(BENCH_ARGS)
+	$(VLLM_VENV)/bin/python benchmarks/bench_engines.py $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

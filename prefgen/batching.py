@@ -13,7 +13,7 @@ from __future__ import annotations
 from itertools import groupby
 from typing import Callable, Iterable, Iterator
 
-from prefgen.plan import WorkUnit
+from prefgen.units import WorkUnit
 
 
 def window_start(sample_index: int, lookahead: int) -> int:

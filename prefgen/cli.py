@@ -11,9 +11,9 @@ import threading
 import click
 
 from prefgen import __version__
-from prefgen.checker import EQUIVALENCE_MODES
-from prefgen.config import ledger_of
+from prefgen.config import EQUIVALENCE_MODES
 from prefgen.errors import Interrupted, PrefgenError
+from prefgen.paths import ledger_of
 
 EXIT_INCOMPLETE = 3  # the run ended, but some units are oom/error and wait for the next run
 
@@ -330,7 +330,7 @@ def tiny_model(directory, seed):
     Example:
       prefgen tiny-model models/tiny
     """
-    from prefgen.tiny import build_tiny_model
+    from prefgen.engines.tiny import build_tiny_model
 
     path = build_tiny_model(directory, seed=seed)
     click.echo(f"Tiny model written to {path} (random weights: its output is random text).")
@@ -347,7 +347,7 @@ def repair(output, ledger):
     Example:
       prefgen repair --output pairs.jsonl
     """
-    from prefgen.repair import repair_output
+    from prefgen.files.repair import repair_output
 
     lines = repair_output(output, ledger)
     click.echo(f"Rebuilt {output} from the ledger: {lines} lines.")
@@ -366,7 +366,7 @@ def merge(output, world_size):
     Example:
       prefgen merge --output pairs.jsonl --world-size 8
     """
-    from prefgen.merge import merge_parts
+    from prefgen.files.merge import merge_parts
 
     count = merge_parts(output, world_size)
     click.echo(f"Merged {world_size} parts into {output}: {count} lines.")
@@ -387,7 +387,7 @@ def export(pairs, fmt, directory, name, system):
       prefgen export pairs.jsonl --format llamafactory --to LLaMA-Factory/data
       prefgen export pairs.jsonl --format trl --to exports/
     """
-    from prefgen.export import export_pairs
+    from prefgen.files.export import export_pairs
 
     if system is None:
         system = run_system_prompt(pairs)
@@ -405,8 +405,8 @@ def run_system_prompt(pairs: str) -> str:
 
     import orjson
 
-    from prefgen.config import LEDGER_SUFFIX
-    from prefgen.ledger import Ledger
+    from prefgen.ledger.store import Ledger
+    from prefgen.paths import LEDGER_SUFFIX
 
     path = Path(pairs + LEDGER_SUFFIX)
     if not path.exists():
@@ -431,8 +431,8 @@ def verify(pairs, output, **options):
     Example:
       prefgen verify pairs.jsonl --db-root spider/database --output verified.jsonl
     """
-    from prefgen.checker import CheckPolicy
-    from prefgen.verify import format_summary, verify_file
+    from prefgen.config import CheckPolicy
+    from prefgen.files.verify import format_summary, verify_file
 
     policy = CheckPolicy(**options)
     summary = verify_file(pairs, output, policy)
@@ -459,8 +459,8 @@ def pair(candidates, output, num_pairs, answer, fallback, **options):
     Example:
       prefgen pair answers.jsonl --db-root spider/database --output pairs.jsonl --num-rejects 2
     """
-    from prefgen.candidates import format_pair_summary, pair_file
-    from prefgen.checker import CheckPolicy
+    from prefgen.config import CheckPolicy
+    from prefgen.files.pair import format_pair_summary, pair_file
 
     for name in ("drop_timeout", "drop_unverifiable"):  # on-policy: only verified answers pair
         options[name] = True if options[name] is None else options[name]
@@ -486,7 +486,7 @@ def browse(path, host, port):
       prefgen browse runs/demo.jsonl            # then open http://127.0.0.1:8001/-/dashboards/run
       ssh -L 8001:localhost:8001 gpu-box        # from your laptop, for a run on a remote machine
     """
-    from prefgen.browse import prepare, serve
+    from prefgen.ledger.browse import prepare, serve
 
     ledger = ledger_of(path)
     ds = prepare(ledger)
@@ -517,7 +517,7 @@ def status(path, as_json, as_config, recent_minutes):
     """
     import orjson
 
-    from prefgen.report import config_yaml, format_status, status_data
+    from prefgen.ledger.inspect import config_yaml, format_status, status_data
 
     data = status_data(str(ledger_of(path)), recent_minutes)
     if as_config:
@@ -540,7 +540,7 @@ def show(path, sample_index, full):
     Example:
       prefgen ledger show pairs.jsonl.ledger.sqlite 17 --full
     """
-    from prefgen.report import format_sample
+    from prefgen.ledger.inspect import format_sample
 
     click.echo(format_sample(str(ledger_of(path)), sample_index, full))
 
@@ -555,7 +555,7 @@ def failures(path):
     Example:
       prefgen ledger failures pairs.jsonl.ledger.sqlite
     """
-    from prefgen.report import format_failures
+    from prefgen.ledger.inspect import format_failures
 
     click.echo(format_failures(str(ledger_of(path))))
 
@@ -577,7 +577,7 @@ def retry(path, statuses):
     Example:
       prefgen ledger retry pairs.jsonl.ledger.sqlite --status oom
     """
-    from prefgen.report import mark_retry
+    from prefgen.ledger.inspect import mark_retry
 
     count = mark_retry(str(ledger_of(path)), [s.strip() for s in statuses.split(",") if s.strip()])
     click.echo(f"Marked {count} units for retry: the next run generates them again.")

@@ -20,10 +20,10 @@ from pathlib import Path
 import orjson
 
 from prefgen.errors import OutputError
-from prefgen.faults import fault_point
-from prefgen.judge import CHOSEN, REJECTED, WRITTEN, Judged
-from prefgen.ledger import Ledger
+from prefgen.ledger.store import Ledger
 from prefgen.pairing import GOLD, MODEL, Pair, SamplePairs, pair_fields
+from prefgen.runtime.faults import fault_point
+from prefgen.units import CHOSEN, REJECTED, WRITTEN, Judged
 
 log = logging.getLogger("prefgen")
 

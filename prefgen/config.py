@@ -7,9 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefgen.errors import ConfigError
-from prefgen.plan import MAX_REJECTS, check_num_rejects
-
-LEDGER_SUFFIX = ".ledger.sqlite"
+from prefgen.paths import LEDGER_SUFFIX, part_path
 
 # Settings that decide what each unit's text is. A resumed run must use the same values,
 # otherwise the file would mix pairs from two different experiments.
@@ -27,14 +25,80 @@ FINGERPRINT_FIELDS = (
     "rank",
     "world_size",
 )
-# --engine and --batch-invariant; in the fingerprint only when not the defaults, so that older
-# ledgers still resume with the transformers engine.
-ENGINE_NAMES = ("transformers", "vllm")
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prefgen.units import Verdict
 # The fields of checker.CheckPolicy (--db-root). Added later: in the fingerprint only when
 # used, so that older ledgers still resume.
 CHECK_FIELDS = ("db_root", "db_field", "equivalence", "drop_timeout", "drop_unverifiable", "time_limit", "max_rows")
 # --pairs onpolicy and how its pairs are made; in the fingerprint only in that mode.
 PAIR_FIELDS = ("pairs", "answer", "fallback")
+
+
+# The choices of every flag that has a fixed set; the CLI offers exactly these.
+MAX_REJECTS = 1000  # seeds are seed + sample*1000 + reject: more rejects would collide
+PAIR_MODES = ("gold", "onpolicy")
+ANSWER_MODES = ("sql", "full")
+FALLBACK_MODES = ("none", "gold")
+EQUIVALENCE_MODES = ("lenient", "multiset", "ordered")
+DEDUP_MODES = ("exact", "sql")  # --dedup-rejects: identical text; identical after normalization
+EXPORT_FORMATS = ("llamafactory", "sharegpt", "trl")
+ENGINE_NAMES = ("transformers", "vllm")  # --engine; in the fingerprint only when not the first
+
+# Execution limits (--time-limit, --max-rows), shared by generate, verify and pair.
+DEFAULT_TIME_LIMIT = 5.0
+DEFAULT_MAX_ROWS = 100_000
+
+
+def check_num_rejects(num_rejects: int) -> None:
+    """Refuse reject counts whose seeds would collide with the next sample's."""
+    if not 1 <= num_rejects < MAX_REJECTS:
+        raise ConfigError(
+            f"--num-rejects must be between 1 and {MAX_REJECTS - 1}, not {num_rejects}",
+            hint=f"seeds are seed + sample_index*{MAX_REJECTS} + reject_index, so more would collide",
+        )
+
+
+def check_pair_modes(answer: str, fallback: str) -> None:
+    """Refuse --answer / --fallback values, and the combination that would teach the wrong thing."""
+    for name, value, modes in (("answer", answer, ANSWER_MODES), ("fallback", fallback, FALLBACK_MODES)):
+        if value not in modes:
+            raise ConfigError(f"--{name} must be one of {', '.join(modes)}, not {value!r}")
+    if fallback == "gold" and answer == "full":
+        raise ConfigError(
+            "--fallback gold works with --answer sql only",
+            hint="a bare gold query against a reasoned answer would teach the model to stop reasoning",
+        )
+
+
+@dataclass(frozen=True)
+class CheckPolicy:
+    """Where the databases are, how verdicts become keep / drop, and the execution limits."""
+
+    db_root: str
+    db_field: str = "db_id"
+    equivalence: str = "lenient"
+    drop_timeout: bool = False
+    drop_unverifiable: bool = False
+    time_limit: float = DEFAULT_TIME_LIMIT
+    max_rows: int = DEFAULT_MAX_ROWS
+
+    def check(self) -> None:
+        """Refuse settings that cannot work, before any work is done."""
+        if not Path(self.db_root).is_dir():
+            raise ConfigError(
+                f"--db-root {self.db_root} is not a directory",
+                hint="give the directory holding <db_id>/<db_id>.sqlite (Spider's and BIRD's database/)",
+            )
+        if self.equivalence not in EQUIVALENCE_MODES:
+            raise ConfigError(f"--equivalence must be one of {', '.join(EQUIVALENCE_MODES)}, not {self.equivalence!r}")
+        if self.time_limit <= 0 or self.max_rows < 1:
+            raise ConfigError("--time-limit must be above 0 and --max-rows at least 1")
+
+    def keeps(self, verdict: Verdict) -> bool:
+        """Whether a reject with this verdict is worth training on, under this policy."""
+        return verdict.kept(self.equivalence, not self.drop_timeout, not self.drop_unverifiable)
 
 
 def looks_local(ref: str) -> bool:
@@ -47,36 +111,6 @@ def resolve_model_ref(ref: str) -> str:
     if ref and looks_local(ref):
         return str(Path(ref).expanduser().resolve())
     return ref
-
-
-def ledger_of(path: str | Path) -> Path:
-    """The ledger a path names: the ledger itself, or the output JSONL of a run (whose ledger
-    is OUTPUT.ledger.sqlite, as generate names it). Raises LedgerError when there is none."""
-    from prefgen.errors import LedgerError
-
-    path = Path(path)
-    if path.is_file():
-        with open(path, "rb") as handle:
-            if handle.read(16) == b"SQLite format 3\0":
-                return path
-    beside = Path(str(path) + LEDGER_SUFFIX)
-    if beside.is_file():
-        return beside
-    if path.is_file():
-        raise LedgerError(
-            f"{path} is neither a prefgen ledger nor an output with a ledger beside it ({beside} does not exist)",
-            hint="give the ledger (--ledger of the run), or the --output of the run",
-        )
-    parts = sorted(path.parent.glob(f"{path.stem}.rank*-of-*{path.suffix}{LEDGER_SUFFIX}"))
-    hint = f"a split run has one ledger per rank, such as {parts[0]}" if parts else "check the path"
-    raise LedgerError(f"{path}: no such ledger or output", hint=hint)
-
-
-def part_path(path: Path, rank: int, world_size: int) -> Path:
-    """`pairs.jsonl` -> `pairs.rank1-of-4.jsonl` when the run is split over processes."""
-    if world_size == 1:
-        return path
-    return path.with_name(f"{path.stem}.rank{rank}-of-{world_size}{path.suffix}")
 
 
 @dataclass(frozen=True)
@@ -109,8 +143,8 @@ class GenerateConfig:
     equivalence: str = "lenient"
     drop_timeout: bool | None = None  # None: kept as rejects with --pairs gold, neither with onpolicy
     drop_unverifiable: bool | None = None
-    time_limit: float = 5.0
-    max_rows: int = 100_000
+    time_limit: float = DEFAULT_TIME_LIMIT
+    max_rows: int = DEFAULT_MAX_ROWS
     exec_workers: int = 0  # processes executing SQL; 0: min(4, cores / 2)
     pairs: str = "gold"  # gold: the gold is chosen; onpolicy: the model's own correct answer
     answer: str = "sql"  # onpolicy: what a side holds: the extracted SQL, or the whole answer
@@ -134,7 +168,7 @@ class GenerateConfig:
                 object.__setattr__(self, name, self.pairs == "onpolicy")
         if isinstance(self.dedup_rejects, bool):  # `dedup-rejects: true` in a config file
             object.__setattr__(self, "dedup_rejects", "exact" if self.dedup_rejects else "")
-        if self.dedup_rejects not in ("", "exact", "sql"):
+        if self.dedup_rejects and self.dedup_rejects not in DEDUP_MODES:
             raise ConfigError(f"--dedup-rejects must be exact or sql, not {self.dedup_rejects!r}")
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ConfigError(f"--batch-size must be 'auto' or at least 1, not {self.batch_size!r}")
@@ -162,8 +196,6 @@ class GenerateConfig:
             raise ConfigError(f"--exec-workers must be 0 (automatic) or more, not {self.exec_workers}")
 
     def _check_pairs(self) -> None:
-        from prefgen.pairing import PAIR_MODES, check_pair_modes
-
         if self.pairs not in PAIR_MODES:
             raise ConfigError(f"--pairs must be one of {', '.join(PAIR_MODES)}, not {self.pairs!r}")
         check_pair_modes(self.answer, self.fallback)
@@ -193,8 +225,6 @@ class GenerateConfig:
         """The execution-verdict policy of --db-root, or None without it."""
         if not self.db_root:
             return None
-        from prefgen.checker import CheckPolicy
-
         return CheckPolicy(**{name: getattr(self, name) for name in CHECK_FIELDS})
 
     @property

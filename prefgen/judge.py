@@ -18,43 +18,29 @@ the same SQL gets the same verdict, so it is not executed twice.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from prefgen.engines import Answer
 from prefgen.extract import extract_sql
-from prefgen.normalize import normalize_sql
-from prefgen.plan import WorkUnit
-from prefgen.verdict import EMPTY_RESULTS, EQUIVALENT, Verdict
-
-WRITTEN = "written"
-SAME_AS_GOLD = "same_as_gold"
-DUPLICATE = "duplicate"
-NO_SQL = "no_sql"
-DROPPED = "dropped"
-OOM = "oom"
-ERROR = "error"
-RETRY = "retry"
-TOO_LONG = "too_long"
-CANDIDATE = "candidate"  # --pairs onpolicy: a judged answer, with a role
-
-STATUSES = (WRITTEN, SAME_AS_GOLD, DUPLICATE, NO_SQL, DROPPED, OOM, ERROR, RETRY, TOO_LONG, CANDIDATE)
-CANDIDATE_STATUSES = (WRITTEN, DROPPED, CANDIDATE)  # answers that later ones are deduplicated against
-CHOSEN, REJECTED, NEITHER = "chosen", "rejected", "neither"  # a candidate's roles
-DEDUP_MODES = ("", "exact", "sql")  # off; identical text; identical after normalize_sql
-RETRIED_STATUSES = (OOM, ERROR, RETRY)  # a later run generates these units again
-
-
-@dataclass(frozen=True)
-class Judged:
-    """A unit, its answer and the verdict on it."""
-
-    unit: WorkUnit
-    answer: Answer
-    status: str
-    sql: str = ""
-    detail: str = ""
-    verdict: Verdict | None = None  # the execution verdict, with --db-root
-    role: str | None = None  # --pairs onpolicy: chosen, rejected or neither
+from prefgen.sql.normalize import normalize_sql
+from prefgen.units import (
+    CANDIDATE,
+    CHOSEN,
+    DROPPED,
+    DUPLICATE,
+    EMPTY_RESULTS,
+    EQUIVALENT,
+    NEITHER,
+    NO_SQL,
+    OOM,
+    REJECTED,
+    SAME_AS_GOLD,
+    TOO_LONG,
+    WRITTEN,
+    Answer,
+    Judged,
+    Verdict,
+    WorkUnit,
+)
 
 
 def candidate_role(verdict: Verdict, kept_as_reject: bool) -> str:

@@ -22,28 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefgen.errors import ConfigError
-from prefgen.judge import CHOSEN, REJECTED
-from prefgen.normalize import normalize_sql
-from prefgen.records import Record
-from prefgen.verdict import WRONG_RESULT
+from prefgen.sql.normalize import normalize_sql
+from prefgen.units import CHOSEN, REJECTED, WRONG_RESULT, Record
 
-PAIR_MODES = ("gold", "onpolicy")
-ANSWER_MODES = ("sql", "full")
-FALLBACK_MODES = ("none", "gold")
 MODEL, GOLD = "model", "gold"  # where a pair's chosen side came from
-
-
-def check_pair_modes(answer: str, fallback: str) -> None:
-    """Refuse --answer / --fallback values, and the combination that would teach the wrong thing."""
-    for name, value, modes in (("answer", answer, ANSWER_MODES), ("fallback", fallback, FALLBACK_MODES)):
-        if value not in modes:
-            raise ConfigError(f"--{name} must be one of {', '.join(modes)}, not {value!r}")
-    if fallback == "gold" and answer == "full":
-        raise ConfigError(
-            "--fallback gold works with --answer sql only",
-            hint="a bare gold query against a reasoned answer would teach the model to stop reasoning",
-        )
 
 
 @dataclass(frozen=True)

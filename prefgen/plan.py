@@ -2,44 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from prefgen.errors import ConfigError
-from prefgen.records import Record
-
-MAX_REJECTS = 1000  # seeds are seed + sample*1000 + reject: more rejects would collide
-
-
-@dataclass(frozen=True)
-class WorkUnit:
-    """One reject to generate for one record."""
-
-    record: Record
-    reject_index: int
-    seed: int
-
-    @property
-    def sample_index(self) -> int:
-        return self.record.index
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.record.index, self.reject_index)
+from prefgen.config import MAX_REJECTS, check_num_rejects
+from prefgen.units import Record, WorkUnit
 
 
 def unit_seed(seed: int, sample_index: int, reject_index: int) -> int:
     """The seed of one unit; the formula users rely on to reproduce a reject."""
     return seed + sample_index * MAX_REJECTS + reject_index
-
-
-def check_num_rejects(num_rejects: int) -> None:
-    """Refuse reject counts whose seeds would collide with the next sample's."""
-    if not 1 <= num_rejects < MAX_REJECTS:
-        raise ConfigError(
-            f"--num-rejects must be between 1 and {MAX_REJECTS - 1}, not {num_rejects}",
-            hint=f"seeds are seed + sample_index*{MAX_REJECTS} + reject_index, so more would collide",
-        )
 
 
 def plan_units(records: Iterable[Record], num_rejects: int, seed: int) -> Iterator[WorkUnit]:

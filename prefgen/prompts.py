@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from prefgen.records import Record
+from prefgen.units import Record
 
 log = logging.getLogger("prefgen")
 

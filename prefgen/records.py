@@ -7,7 +7,6 @@ JSON Lines are read line by line, so memory does not grow with the file.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import IO, Iterable, Iterator
@@ -16,30 +15,10 @@ import ijson
 import orjson
 
 from prefgen.errors import InputError
+from prefgen.units import Record
 
 REQUIRED_FIELDS = ("instruction", "output")
 STRING_FIELDS = ("instruction", "input", "output")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One SFT record: its position in the file, its fields and a hash of its content."""
-
-    index: int
-    fields: dict
-    hash: str
-
-    @property
-    def instruction(self) -> str:
-        return self.fields["instruction"]
-
-    @property
-    def input(self) -> str:
-        return self.fields.get("input") or ""
-
-    @property
-    def output(self) -> str:
-        return self.fields["output"]
 
 
 def record_hash(fields: dict) -> str:

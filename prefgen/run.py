@@ -26,14 +26,15 @@ from prefgen.batching import batches, window_start
 from prefgen.commit import OutputJournal, unit_row
 from prefgen.config import GenerateConfig
 from prefgen.errors import Interrupted, OutputError
-from prefgen.faults import fault_point
-from prefgen.judge import CANDIDATE, RETRIED_STATUSES, WRITTEN, judge_batch, with_verdict
-from prefgen.ledger import Ledger
-from prefgen.lock import exclusive
+from prefgen.judge import judge_batch, with_verdict
+from prefgen.ledger.store import Ledger
 from prefgen.pairing import SamplePairs, candidate_from_row, form_pairs, model_pairs
-from prefgen.plan import WorkUnit, plan_units, shard, unit_seed
+from prefgen.pending import further_attempts, pending_units, scan_records, unresolved_attempts, written_count
+from prefgen.plan import plan_units, shard, unit_seed
 from prefgen.records import iter_records, require_string_field
-from prefgen.resume import further_attempts, pending_units, scan_records, unresolved_attempts, written_count
+from prefgen.runtime.faults import fault_point
+from prefgen.runtime.lock import exclusive
+from prefgen.units import CANDIDATE, RETRIED_STATUSES, WRITTEN, WorkUnit
 
 log = logging.getLogger("prefgen")
 
@@ -267,7 +268,7 @@ class GenerateRun:
         self.done, self.in_flight = 0, None
         owned = engine is None  # an engine this run loads, it closes (with its processes, if any)
         if self.policy:  # the workers start while the model loads
-            from prefgen.checker import CheckerPool
+            from prefgen.sql.workers import CheckerPool
 
             self.checker = CheckerPool(self.policy, cfg.exec_workers)
         try:

@@ -7,8 +7,8 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from prefgen import faults
 from prefgen.cli import cli
+from prefgen.runtime import faults
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "examples" / "spider_en" / "department_store_alpaca.json"
@@ -17,7 +17,7 @@ SAMPLE = ROOT / "examples" / "spider_en" / "department_store_alpaca.json"
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """One tiny random Qwen3-MoE model for the whole session (built in seconds, offline)."""
-    from prefgen.tiny import build_tiny_model
+    from prefgen.engines.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
@@ -85,7 +85,8 @@ def scripted_engine(script):
     random text): unit (sample, attempt) answers `script(sample, attempt)`. Everything after
     generation (judging, execution, commits, resume) is prefgen's real code, and generation
     goes through the engine boundary's real background batches (prefgen.engines.BatchEngine)."""
-    from prefgen.engines import Answer, BatchEngine
+    from prefgen.engines import BatchEngine
+    from prefgen.units import Answer
 
     class ScriptedEngine(BatchEngine):
         device = "cpu"

@@ -31,7 +31,7 @@ def judged_run(tiny_model, tmp_path_factory):
 
 def fetch(ledger, *urls):
     """Datasette's own test client on prefgen's configuration: (status, body) per URL."""
-    from prefgen.browse import make_datasette
+    from prefgen.ledger.browse import make_datasette
 
     async def get_all():
         ds = make_datasette(ledger)
@@ -107,8 +107,8 @@ def test_browsing_cannot_write(judged_run):
     )
     assert all(status >= 400 for status, _ in results)
     assert rows(ledger, "/ledger.json?sql=select+count(*)+as+n+from+units&_shape=array") == before
-    from prefgen.browse import make_datasette
     from prefgen.errors import LedgerError
+    from prefgen.ledger.browse import make_datasette
 
     ds = make_datasette(ledger)
     with pytest.raises(LedgerError, match="read-only"):

@@ -3,11 +3,11 @@
 import pytest
 from conftest import generate_args, query, read_jsonl, run_cli, write_records
 
-from prefgen.engines import Answer
 from prefgen.judge import judge_batch
-from prefgen.normalize import normalize_sql
 from prefgen.plan import plan_units
 from prefgen.records import validate
+from prefgen.sql.normalize import normalize_sql
+from prefgen.units import Answer
 
 SAME = [
     ("SELECT T1.name FROM Singer AS T1 WHERE T1.age > 20 ;", "select a.NAME from singer a where a.Age > 20"),

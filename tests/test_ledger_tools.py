@@ -246,7 +246,7 @@ def test_config_file_unknown_key_is_named(workdir):
 
 
 def test_humanized_numbers():
-    from prefgen.report import human_duration, human_number
+    from prefgen.ledger.inspect import human_duration, human_number
 
     assert [human_number(x) for x in (0, 5, 0.5, 1234, 2_500_000)] == ["0", "5", "0.50", "1.2k", "2.5M"]
     assert [human_duration(x) for x in (None, 12, 245, 11520, 90000)] == ["-", "12s", "4m05s", "3h12m", "1d01h"]

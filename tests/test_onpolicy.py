@@ -6,11 +6,11 @@ import orjson
 import pytest
 from conftest import ROOT, ScriptedEngine, query, read_jsonl, run_cli, write_records
 
-from prefgen import faults
 from prefgen.config import GenerateConfig
 from prefgen.errors import ConfigError
 from prefgen.pairing import Candidate, form_pairs
 from prefgen.run import generate
+from prefgen.runtime import faults
 
 DB_ROOT = ROOT / "examples" / "spider_en" / "db"
 GOLD = "SELECT product_name, product_price FROM products WHERE product_price > 900"

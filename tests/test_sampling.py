@@ -5,9 +5,9 @@ import torch
 from conftest import SAMPLE
 
 from prefgen.config import GenerateConfig
+from prefgen.engines.sampling import choose_tokens, top_p_filter, uniform_noise
 from prefgen.plan import plan_units
 from prefgen.records import iter_records
-from prefgen.sampling import choose_tokens, top_p_filter, uniform_noise
 
 
 def test_noise_is_a_pure_function_of_seed_step_and_token():

@@ -11,7 +11,7 @@ from test_survival import run
 
 from prefgen.batching import batches
 from prefgen.plan import plan_units
-from prefgen.records import Record
+from prefgen.units import Record
 
 
 def units_of(lengths, rejects=2):

@@ -2,13 +2,15 @@
 
 import hashlib
 import shutil
+import sys
 
 import orjson
 import pytest
 from conftest import ROOT, read_jsonl, run_cli
 
-from prefgen.execute import connect, database_path, run_query
-from prefgen.verdict import EMPTY_RESULTS, judge_execution
+from prefgen.sql.execute import connect, database_path, run_query
+from prefgen.sql.verdict import judge_execution
+from prefgen.units import EMPTY_RESULTS
 
 EN = ROOT / "examples" / "spider_en" / "db"
 DE = ROOT / "examples" / "spider_de" / "db"
@@ -198,9 +200,12 @@ def test_verdicts_on_variants_of_every_shipped_gold_query():
     import json
     from collections import Counter
 
-    from prefgen.bench import gold_variants
-    from prefgen.checker import Checker, CheckPolicy
-    from prefgen.verify import judge_pair
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench import gold_variants
+
+    from prefgen.config import CheckPolicy
+    from prefgen.files.verify import judge_pair
+    from prefgen.sql.workers import Checker
 
     table = Counter()
     for data, root in (

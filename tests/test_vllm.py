@@ -40,7 +40,7 @@ def vllm_reference(tiny_model, tmp_path_factory):
 
 def token_carriers(pid: int) -> list[int]:
     """Processes started by run `pid` (they carry its token) that are still alive."""
-    from prefgen.processes import TOKEN_VAR
+    from prefgen.runtime.processes import TOKEN_VAR
 
     found = []
     for entry in os.listdir("/proc"):

@@ -20,26 +20,14 @@ from __future__ import annotations
 import importlib
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 
 from prefgen.config import GenerateConfig, looks_local
 from prefgen.errors import ModelError, OutOfMemory
+from prefgen.units import Answer
 
-ENGINES = {"transformers": "prefgen.engines.hf", "vllm": "prefgen.engines.vllm"}
+ENGINES = {"transformers": "prefgen.engines.transformers", "vllm": "prefgen.engines.vllm"}
 PROMPT_CACHE_SIZE = 4096  # tokenized prompts kept; batches and look-ahead windows are far smaller
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What the model produced for one unit."""
-
-    text: str
-    prompt_tokens: int
-    new_tokens: int
-    seconds: float
-    oom: bool = False  # the unit did not fit in memory even alone
-    too_long: bool = False  # the prompt does not fit the engine's context
 
 
 def check_model_ref(ref: str) -> None:

@@ -12,7 +12,7 @@ seeds, generated with vLLM's paged attention, prefix caching and continuous batc
   at a batch's tail, and commits stay in plan order (the reorder window is two batches).
 - The engine runs inside prefgen's process (no engine process of its own: a Ctrl-C reaches
   prefgen alone, which stops after committing); whatever processes vLLM still starts die
-  with the run through prefgen.processes, even under kill -9.
+  with the run through prefgen.runtime.processes, even under kill -9.
 - A LoRA adapter is merged once into a cached model directory (engines/hf.py): vLLM's own
   LoRA for MoE models needs Triton kernels its CPU build lacks, and merged weights decode as
   fast as the base model.
@@ -34,9 +34,10 @@ from collections import deque
 from concurrent.futures import Future
 
 from prefgen.config import GenerateConfig
-from prefgen.engines import Answer, TokenizerSide, check_model_ref, eos_token_ids
+from prefgen.engines import TokenizerSide, check_model_ref, eos_token_ids
 from prefgen.errors import ModelError
-from prefgen.faults import fault_point
+from prefgen.runtime.faults import fault_point
+from prefgen.units import Answer
 
 log = logging.getLogger("prefgen")
 
@@ -296,8 +297,8 @@ def start_engine(EngineArgs, LLMEngine, cfg: GenerateConfig, model: str, device:
 
 def load(cfg: GenerateConfig) -> VLLMEngine:
     """Start vLLM on the model (merged with the adapter, if any) and load the tokenizer."""
-    from prefgen.engines.hf import load_tokenizer, merged_model, quiet_transformers
-    from prefgen.processes import guard_children
+    from prefgen.engines.transformers import load_tokenizer, merged_model, quiet_transformers
+    from prefgen.runtime.processes import guard_children
 
     if importlib.util.find_spec("vllm") is None:  # before anything is changed
         raise ModelError("--engine vllm needs vLLM, which is not installed", hint=INSTALL_HINT)

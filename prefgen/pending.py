@@ -16,10 +16,10 @@ from itertools import groupby, islice
 from typing import Callable, Iterable, Iterator
 
 from prefgen.errors import ChangedInput
-from prefgen.judge import CANDIDATE_STATUSES, RETRIED_STATUSES, RETRY, WRITTEN, dedup_key
-from prefgen.ledger import Ledger
-from prefgen.plan import WorkUnit, unit_seed
-from prefgen.records import Record
+from prefgen.judge import dedup_key
+from prefgen.ledger.store import Ledger
+from prefgen.plan import unit_seed
+from prefgen.units import CANDIDATE_STATUSES, RETRIED_STATUSES, RETRY, WRITTEN, Record, WorkUnit
 
 WINDOW = 1024  # records looked up in the ledger per query: bounds memory on any input size
 

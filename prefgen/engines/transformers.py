@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from prefgen.config import GenerateConfig, resolve_model_ref
-from prefgen.engines import Answer, BatchEngine, TokenizerSide, check_model_ref, eos_token_ids
+from prefgen.engines import BatchEngine, TokenizerSide, check_model_ref, eos_token_ids
 from prefgen.errors import ModelError, OutOfMemory
-from prefgen.faults import fault_point
-from prefgen.plan import WorkUnit
+from prefgen.runtime.faults import fault_point
+from prefgen.units import Answer, WorkUnit
 
 log = logging.getLogger("prefgen")
 
@@ -249,7 +249,7 @@ class HFEngine(BatchEngine, TokenizerSide):
         import torch
         from transformers import DynamicCache
 
-        from prefgen.sampling import choose_tokens
+        from prefgen.engines.sampling import choose_tokens
 
         samples = list(dict.fromkeys(u.sample_index for u in units))
         prompt_of = {u.sample_index: row for u, row in zip(units, rows, strict=True)}

@@ -7,7 +7,7 @@ terminal does not reach it). When this process ends, by return or by kill -9, th
 kills every process still carrying the token, then exits. Nothing is left behind holding
 memory (on a GPU, a resumed run would otherwise run out of it).
 
-Run as `python -m prefgen.processes PID TOKEN`, this module is the watcher.
+Run as `python -m prefgen.runtime.processes PID TOKEN`, this module is the watcher.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def guard_children() -> str:
     token = f"{os.getpid()}-{secrets.token_hex(8)}"
     env = {k: v for k, v in os.environ.items() if k != TOKEN_VAR}
     subprocess.Popen(
-        [sys.executable, "-m", "prefgen.processes", str(os.getpid()), token],
+        [sys.executable, "-m", "prefgen.runtime.processes", str(os.getpid()), token],
         env=env,
         start_new_session=True,
         stdin=subprocess.DEVNULL,

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import orjson
 
-from prefgen.checker import Checker, CheckPolicy
+from prefgen.config import CheckPolicy
 from prefgen.errors import InputError
-from prefgen.export import read_pairs
-from prefgen.judge import SAME_AS_GOLD
-from prefgen.normalize import normalize_sql
-from prefgen.verdict import Verdict
+from prefgen.files.export import read_pairs
+from prefgen.sql.normalize import normalize_sql
+from prefgen.sql.workers import Checker
+from prefgen.units import SAME_AS_GOLD, Verdict
 
 
 @dataclass

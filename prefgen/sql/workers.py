@@ -11,44 +11,14 @@ from __future__ import annotations
 import os
 import signal
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
-from prefgen.errors import CheckError, ConfigError
-from prefgen.execute import connect, database_path, run_query
-from prefgen.verdict import Verdict, judge_execution
+from prefgen.config import CheckPolicy
+from prefgen.errors import CheckError
+from prefgen.sql.execute import connect, database_path, run_query
+from prefgen.sql.verdict import judge_execution
+from prefgen.units import Verdict
 
 GOLD_CACHE = 256  # gold results kept per process (a sample's rejects share one gold)
-EQUIVALENCE_MODES = ("lenient", "multiset", "ordered")
-
-
-@dataclass(frozen=True)
-class CheckPolicy:
-    """Where the databases are, how verdicts become keep / drop, and the execution limits."""
-
-    db_root: str
-    db_field: str = "db_id"
-    equivalence: str = "lenient"
-    drop_timeout: bool = False
-    drop_unverifiable: bool = False
-    time_limit: float = 5.0
-    max_rows: int = 100_000
-
-    def check(self) -> None:
-        """Refuse settings that cannot work, before any work is done."""
-        if not Path(self.db_root).is_dir():
-            raise ConfigError(
-                f"--db-root {self.db_root} is not a directory",
-                hint="give the directory holding <db_id>/<db_id>.sqlite (Spider's and BIRD's database/)",
-            )
-        if self.equivalence not in EQUIVALENCE_MODES:
-            raise ConfigError(f"--equivalence must be one of {', '.join(EQUIVALENCE_MODES)}, not {self.equivalence!r}")
-        if self.time_limit <= 0 or self.max_rows < 1:
-            raise ConfigError("--time-limit must be above 0 and --max-rows at least 1")
-
-    def keeps(self, verdict: Verdict) -> bool:
-        """Whether a reject with this verdict is worth training on, under this policy."""
-        return verdict.kept(self.equivalence, not self.drop_timeout, not self.drop_unverifiable)
 
 
 class Checker:

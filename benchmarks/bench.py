@@ -82,7 +82,7 @@ def bench_config(model, data: Path, work: Path, samples, rejects, max_new_tokens
 
 def timed_prefgen(cfg: GenerateConfig, engine) -> tuple[float, int, int]:
     """(seconds, units, new tokens) of an end-to-end prefgen run with a loaded engine."""
-    from prefgen.ledger import Ledger
+    from prefgen.ledger.store import Ledger
     from prefgen.run import generate
 
     started = time.perf_counter()
@@ -266,7 +266,7 @@ class RealSqlAnswers:
 
 def verdict_comparison(engine, cfg: GenerateConfig, work: Path) -> dict:
     """Generation throughput with execution verdicts (--db-root, worker processes) and without."""
-    from prefgen.ledger import Ledger
+    from prefgen.ledger.store import Ledger
 
     answering = RealSqlAnswers(engine)
     samples = cfg.max_samples * VERDICT_WORK  # long enough that starting the workers is not the story
@@ -333,8 +333,9 @@ def verify_variants(work: Path) -> dict:
     German Spider): the time it takes, and the verdicts per kind of variant."""
     from collections import Counter
 
-    from prefgen.checker import Checker, CheckPolicy
-    from prefgen.verify import judge_pair, verify_file
+    from prefgen.config import CheckPolicy
+    from prefgen.files.verify import judge_pair, verify_file
+    from prefgen.sql.workers import Checker
 
     sets = {
         "en": (SAMPLE, DB_ROOT),
@@ -461,7 +462,7 @@ def main(model, device, samples, rejects, max_new_tokens, batch_size, skip_start
     import torch
 
     from prefgen.engines import load_engine
-    from prefgen.tiny import build_tiny_model
+    from prefgen.engines.tiny import build_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="prefgen-bench-") as tmp:
         work = Path(tmp)

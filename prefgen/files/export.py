@@ -24,7 +24,7 @@ import orjson
 
 from prefgen.errors import InputError
 from prefgen.prompts import chat_messages
-from prefgen.records import Record
+from prefgen.units import Record
 
 FORMATS = ("llamafactory", "sharegpt", "trl")
 

@@ -18,14 +18,15 @@ from typing import Iterator
 
 import orjson
 
-from prefgen.checker import Checker, CheckPolicy
 from prefgen.commit import pair_line
+from prefgen.config import CheckPolicy, check_pair_modes
 from prefgen.errors import ConfigError, InputError
-from prefgen.export import read_pairs
 from prefgen.extract import extract_sql
-from prefgen.judge import CHOSEN, REJECTED, candidate_role
-from prefgen.pairing import Candidate, SamplePairs, check_pair_modes, form_pairs
-from prefgen.records import Record
+from prefgen.files.export import read_pairs
+from prefgen.judge import candidate_role
+from prefgen.pairing import Candidate, SamplePairs, form_pairs
+from prefgen.sql.workers import Checker
+from prefgen.units import CHOSEN, REJECTED, Record
 
 ANSWER_FIELDS = ("answer", "seed")  # a line's own fields; the rest are the record's
 NO_SQL = "no_sql"

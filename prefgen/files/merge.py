@@ -10,9 +10,9 @@ from pathlib import Path
 import orjson
 
 from prefgen.commit import check_committed
-from prefgen.config import LEDGER_SUFFIX, part_path
 from prefgen.errors import OutputError
-from prefgen.ledger import Ledger
+from prefgen.ledger.store import Ledger
+from prefgen.paths import LEDGER_SUFFIX, part_path
 
 
 def part_files(output: Path, world_size: int) -> list[tuple[Path, Path]]:

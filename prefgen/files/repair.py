@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 from prefgen.commit import hash_range
-from prefgen.config import LEDGER_SUFFIX
 from prefgen.errors import LedgerError, OutputError
-from prefgen.ledger import Ledger
-from prefgen.lock import exclusive
+from prefgen.ledger.store import Ledger
+from prefgen.paths import LEDGER_SUFFIX
+from prefgen.runtime.lock import exclusive
 
 
 def repair_output(output: str, ledger_path: str = "") -> int:

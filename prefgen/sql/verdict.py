@@ -19,41 +19,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from dataclasses import dataclass
 from itertools import permutations
 
-from prefgen.execute import Outcome, explain, run_query
+from prefgen.sql.execute import Outcome, explain, run_query
+from prefgen.units import EMPTY_RESULTS, EQUIVALENT, EXEC_ERROR, TIMEOUT, UNVERIFIABLE, WRONG_RESULT, Verdict
 
-EQUIVALENT = "equivalent"
-WRONG_RESULT = "wrong_result"
-EXEC_ERROR = "exec_error"
-TIMEOUT = "timeout"
-UNVERIFIABLE = "unverifiable"
-VERDICTS = (EQUIVALENT, WRONG_RESULT, EXEC_ERROR, TIMEOUT, UNVERIFIABLE)
 MAX_PERMUTED_COLUMNS = 5  # beyond this, columns are compared in the order given
-EMPTY_RESULTS = "both return no rows"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The verdict on one reject, with the stricter comparisons for equivalent ones."""
-
-    verdict: str
-    detail: str = ""
-    multiset_differs: bool = False
-    order_differs: bool = False
-
-    def kept(self, equivalence: str = "lenient", keep_timeout: bool = True, keep_unverifiable: bool = True) -> bool:
-        """Whether the pair stays, under a policy."""
-        if self.verdict in (WRONG_RESULT, EXEC_ERROR):
-            return True
-        if self.verdict == TIMEOUT:
-            return keep_timeout
-        if self.verdict == UNVERIFIABLE:
-            return keep_unverifiable
-        return (equivalence == "multiset" and self.multiset_differs) or (
-            equivalence == "ordered" and (self.multiset_differs or self.order_differs)
-        )
 
 
 def _matching_permutation(gold: Outcome, candidate: Outcome) -> tuple[int, ...] | None:

@@ -21,8 +21,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
+from bench import bench_config, print_table, row, sample_records, timed_prefgen, write_json
 
-from prefgen.bench import bench_config, print_table, row, sample_records, timed_prefgen, write_json
 from prefgen.config import GenerateConfig
 from prefgen.plan import plan_units
 from prefgen.records import iter_records
@@ -88,7 +88,7 @@ def compare(cfg: GenerateConfig, work: Path, label: str) -> dict:
 @click.option("--json-out", type=click.Path(dir_okay=False), help="Also write the figures as JSON.")
 def main(samples, rejects, max_new_tokens, batch_size, device, json_out):
     """Benchmark the vLLM engine (d) against bare vLLM (e) and the transformers engine (a)."""
-    from prefgen.tiny import build_tiny_model
+    from prefgen.engines.tiny import build_tiny_model
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="prefgen-bench-engines-") as tmp:

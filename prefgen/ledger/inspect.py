@@ -11,9 +11,9 @@ from pathlib import Path
 import orjson
 
 from prefgen.errors import ConfigError, LedgerError
-from prefgen.judge import RETRIED_STATUSES
-from prefgen.ledger import RECENT_MINUTES, Ledger
-from prefgen.lock import exclusive
+from prefgen.ledger.store import RECENT_MINUTES, Ledger
+from prefgen.runtime.lock import exclusive
+from prefgen.units import RETRIED_STATUSES
 
 
 def human_number(value: float) -> str:

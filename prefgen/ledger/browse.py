@@ -40,7 +40,7 @@ def configuration() -> dict:
     """prefgen's Datasette metadata: titles, facets, canned queries, the dashboard."""
     import yaml
 
-    return yaml.safe_load(resources.files("prefgen").joinpath("datasette.yml").read_text(encoding="utf-8"))
+    return yaml.safe_load(resources.files("prefgen.ledger").joinpath("datasette.yml").read_text(encoding="utf-8"))
 
 
 def make_datasette(ledger: str | Path):
@@ -66,7 +66,7 @@ def prepare(ledger: str | Path):
     older ledger's views up to date) before anything is served."""
     import asyncio
 
-    from prefgen.ledger import Ledger
+    from prefgen.ledger.store import Ledger
 
     Ledger(ledger, readonly=True).close()
     ds = make_datasette(ledger)

@@ -1,0 +1,1 @@
+"""Commands that read and write whole files: export, verify, pair, merge, repair."""
