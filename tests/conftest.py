@@ -1,6 +1,9 @@
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -8,6 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from prefgen.cli import cli
+from prefgen.config import GenerateConfig
+from prefgen.run import generate
 from prefgen.runtime import faults
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,3 +117,77 @@ def scripted_engine(script):
 
 
 ScriptedEngine = scripted_engine
+
+
+# Helpers shared by several test files (pytest puts tests/ on sys.path, so `from conftest import ...`).
+
+
+def start(args, fault=None, **popen):
+    """`python -m prefgen ARGS` as a child process (so it can be killed), PREFGEN_FAULT set to `fault`."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFGEN_FAULT"}
+    if fault:
+        env["PREFGEN_FAULT"] = fault
+    return subprocess.Popen(
+        [sys.executable, "-m", "prefgen", *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
+
+
+def run(args, fault=None):
+    """Run `prefgen ARGS` in a child process to its end: (exit code, stdout + stderr)."""
+    process = start(args, fault)
+    stdout, stderr = process.communicate(timeout=300)
+    return process.returncode, stdout + stderr
+
+
+def ledger_units(out):
+    """Every unit row of the ledger beside output `out`, in sample/reject order."""
+    return query(str(out) + ".ledger.sqlite", "select * from units order by sample_index, reject_index")
+
+
+def assert_ledger_agrees_with_file(out):
+    """Every written unit (or on-policy pair) has its line at its offset, and every line its row."""
+    data = out.read_bytes()
+    written = [(u, "reject_index") for u in ledger_units(out) if u["status"] == "written"]
+    written += [(p, "pair_index") for p in query(str(out) + ".ledger.sqlite", "select * from pairs")]
+    assert sum(row["line_length"] for row, _ in written) == len(data)
+    for row, key in written:
+        line = data[row["line_offset"] : row["line_offset"] + row["line_length"]]
+        assert line == row["line"].encode()
+        parsed = orjson.loads(line)
+        assert (parsed["sample_index"], parsed[key]) == (row["sample_index"], row[key])
+    lines = read_jsonl(out)
+    keys = {(line["sample_index"], line.get("reject_index", line.get("pair_index"))) for line in lines}
+    assert len(lines) == len(written) == len(keys)
+    assert data.endswith(b"\n")
+
+
+# The scripted on-policy run: one question of the sample's department_store database, and answers to it.
+DB_ROOT = ROOT / "examples" / "spider_en" / "db"
+GOLD = "SELECT product_name, product_price FROM products WHERE product_price > 900"
+RIGHT = "SELECT product_price, product_name FROM products WHERE product_price > 900"  # columns swapped
+RIGHT_TOO = "select product_name , product_price from products where product_price > 900;"
+WRONG = "SELECT product_name, product_price FROM products WHERE product_price > 800"
+WRONG_TOO = "SELECT product_name FROM products"
+FAILS = "SELECT no_such_column FROM products"
+REASONED = "The products over 900 are wanted, so:\n```sql\n{sql}\n```"
+
+
+def scripted(workdir, answers, records=1, **settings):
+    """A run whose attempt `a` of every sample answers `answers[a]`; returns (lines, ledger path)."""
+    data = write_records(
+        workdir / "data.json",
+        [{"instruction": f"q{i}", "output": GOLD, "db_id": "department_store"} for i in range(records)],
+    )
+    options = dict(num_rejects=2, db_root=str(DB_ROOT), device="cpu", pairs="onpolicy", batch_size=3)
+    options.update(settings)
+    out = workdir / "pairs.jsonl"
+    cfg = GenerateConfig(base_model="scripted", sft_data=str(data), output=str(out), **options)
+    engine = ScriptedEngine(lambda sample, attempt: answers[attempt])
+    summary = generate(cfg, ["test"], show_progress=False, engine=engine)
+    return summary, (read_jsonl(out) if out.exists() else []), str(out) + ".ledger.sqlite"

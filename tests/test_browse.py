@@ -11,8 +11,7 @@ import urllib.request
 
 import orjson
 import pytest
-from conftest import ROOT, generate_args, query, read_jsonl, run_cli
-from test_survival import start
+from conftest import ROOT, generate_args, query, read_jsonl, run_cli, start
 
 DB_ROOT = ROOT / "examples" / "spider_en" / "db"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -47,7 +47,7 @@ bf16: false
 
 def onpolicy_pairs(workdir):
     """On-policy pairs of 8 records: the scripted model answers right and wrong, reasoning included."""
-    from test_onpolicy import FAILS, REASONED, RIGHT, RIGHT_TOO, WRONG, scripted
+    from conftest import FAILS, REASONED, RIGHT, RIGHT_TOO, WRONG, scripted
 
     answers = [REASONED.format(sql=sql) for sql in (RIGHT, WRONG, RIGHT_TOO, FAILS)]
     scripted(workdir, answers, records=8, num_rejects=4, answer="full")

@@ -7,8 +7,7 @@ import time
 
 import orjson
 import pytest
-from conftest import ROOT, ScriptedEngine, generate_args, query, read_jsonl, run_cli, write_records
-from test_survival import run, start
+from conftest import ROOT, ScriptedEngine, generate_args, query, read_jsonl, run, run_cli, start, write_records
 
 from prefgen.config import GenerateConfig
 from prefgen.run import generate

@@ -5,8 +5,7 @@ import time
 
 import orjson
 import pytest
-from conftest import ROOT, generate_args, query, read_jsonl, run_cli
-from test_survival import run, start
+from conftest import ROOT, generate_args, query, read_jsonl, run, run_cli, start
 
 STATUS_KEYS = {
     "ledger",

@@ -4,37 +4,28 @@ import re
 
 import orjson
 import pytest
-from conftest import ROOT, ScriptedEngine, query, read_jsonl, run_cli, write_records
+from conftest import (
+    DB_ROOT,
+    FAILS,
+    GOLD,
+    REASONED,
+    RIGHT,
+    RIGHT_TOO,
+    WRONG,
+    WRONG_TOO,
+    ScriptedEngine,
+    query,
+    read_jsonl,
+    run_cli,
+    scripted,
+    write_records,
+)
 
 from prefgen.config import GenerateConfig
 from prefgen.errors import ConfigError
 from prefgen.pairing import Candidate, form_pairs
 from prefgen.run import generate
 from prefgen.runtime import faults
-
-DB_ROOT = ROOT / "examples" / "spider_en" / "db"
-GOLD = "SELECT product_name, product_price FROM products WHERE product_price > 900"
-RIGHT = "SELECT product_price, product_name FROM products WHERE product_price > 900"  # columns swapped
-RIGHT_TOO = "select product_name , product_price from products where product_price > 900;"
-WRONG = "SELECT product_name, product_price FROM products WHERE product_price > 800"
-WRONG_TOO = "SELECT product_name FROM products"
-FAILS = "SELECT no_such_column FROM products"
-REASONED = "The products over 900 are wanted, so:\n```sql\n{sql}\n```"
-
-
-def scripted(workdir, answers, records=1, **settings):
-    """A run whose attempt `a` of every sample answers `answers[a]`; returns (lines, ledger path)."""
-    data = write_records(
-        workdir / "data.json",
-        [{"instruction": f"q{i}", "output": GOLD, "db_id": "department_store"} for i in range(records)],
-    )
-    options = dict(num_rejects=2, db_root=str(DB_ROOT), device="cpu", pairs="onpolicy", batch_size=3)
-    options.update(settings)
-    out = workdir / "pairs.jsonl"
-    cfg = GenerateConfig(base_model="scripted", sft_data=str(data), output=str(out), **options)
-    engine = ScriptedEngine(lambda sample, attempt: answers[attempt])
-    summary = generate(cfg, ["test"], show_progress=False, engine=engine)
-    return summary, (read_jsonl(out) if out.exists() else []), str(out) + ".ledger.sqlite"
 
 
 def sides(lines):

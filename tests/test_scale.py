@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, generate_args, read_jsonl, run_cli
-from test_survival import run
+from conftest import ROOT, generate_args, read_jsonl, run, run_cli
 
 from prefgen.batching import batches
 from prefgen.plan import plan_units

@@ -3,55 +3,22 @@
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 
 import orjson
 import pytest
-from conftest import ROOT, generate_args, query, read_jsonl, run_cli, write_records
-
-
-def start(args, fault=None, **popen):
-    env = {k: v for k, v in os.environ.items() if k != "PREFGEN_FAULT"}
-    if fault:
-        env["PREFGEN_FAULT"] = fault
-    return subprocess.Popen(
-        [sys.executable, "-m", "prefgen", *args],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **popen,
-    )
-
-
-def run(args, fault=None):
-    process = start(args, fault)
-    stdout, stderr = process.communicate(timeout=300)
-    return process.returncode, stdout + stderr
-
-
-def ledger_units(out):
-    return query(str(out) + ".ledger.sqlite", "select * from units order by sample_index, reject_index")
-
-
-def assert_ledger_agrees_with_file(out):
-    """Every written unit (or on-policy pair) has its line at its offset, and every line its row."""
-    data = out.read_bytes()
-    written = [(u, "reject_index") for u in ledger_units(out) if u["status"] == "written"]
-    written += [(p, "pair_index") for p in query(str(out) + ".ledger.sqlite", "select * from pairs")]
-    assert sum(row["line_length"] for row, _ in written) == len(data)
-    for row, key in written:
-        line = data[row["line_offset"] : row["line_offset"] + row["line_length"]]
-        assert line == row["line"].encode()
-        parsed = orjson.loads(line)
-        assert (parsed["sample_index"], parsed[key]) == (row["sample_index"], row[key])
-    lines = read_jsonl(out)
-    keys = {(line["sample_index"], line.get("reject_index", line.get("pair_index"))) for line in lines}
-    assert len(lines) == len(written) == len(keys)
-    assert data.endswith(b"\n")
+from conftest import (
+    ROOT,
+    assert_ledger_agrees_with_file,
+    generate_args,
+    ledger_units,
+    query,
+    read_jsonl,
+    run,
+    run_cli,
+    start,
+    write_records,
+)
 
 
 @pytest.fixture

@@ -10,8 +10,17 @@ import time
 
 import orjson
 import pytest
-from conftest import ROOT, generate_args, query, read_jsonl, run_cli, write_records
-from test_survival import assert_ledger_agrees_with_file, run, start
+from conftest import (
+    ROOT,
+    assert_ledger_agrees_with_file,
+    generate_args,
+    query,
+    read_jsonl,
+    run,
+    run_cli,
+    start,
+    write_records,
+)
 
 pytestmark = [
     pytest.mark.vllm,
