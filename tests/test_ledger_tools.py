@@ -255,7 +255,7 @@ def test_every_query_in_the_readme_runs_on_a_real_ledger(partial_run):
     """The README's "useful queries" stay true to the schema."""
     import re
 
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (ROOT / "docs" / "ledger.md").read_text(encoding="utf-8")
     block = readme.split("Ten useful queries", 1)[1].split("```")[1]
     queries = re.findall(r'^(?:sqlite3|sqlite-utils query) \$L "(.+?)"\s*(?:#.*)?$', block, flags=re.M)
     assert len(queries) == 10
