@@ -1,4 +1,5 @@
-"""Inspection: read a ledger (read-only, safe while a run writes it) and summarise it.
+"""Inspection: read a ledger (read-only, safe while a run writes it) and summarise it; it never
+writes (`prefgen ledger retry` is the Ledger's own `mark_retry`).
 
 `status_data` returns the stable JSON document of `prefgen ledger status --json`; the
 `format_*` functions render text that fits an 80-column terminal.
@@ -6,14 +7,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 
-from prefgen.errors import ConfigError, LedgerError
-from prefgen.ledger.store import RECENT_MINUTES, Ledger
-from prefgen.runtime.lock import exclusive
-from prefgen.units import RETRIED_STATUSES
+from prefgen.ledger.store import Ledger
+from prefgen.ledger.views import RECENT_MINUTES
 
 
 def human_number(value: float) -> str:
@@ -208,22 +205,3 @@ def format_failures(path: str) -> str:
         lines.append(f"{group['status']}: {group['reason']} ({group['units']} units)"[:80])
         lines.append(f"  samples: {group['samples']}")
     return "\n".join(lines)
-
-
-def mark_retry(path: str, statuses: list[str]) -> int:
-    """Mark units to be generated again by the next run (refused while a run holds the ledger)."""
-    allowed = set(RETRIED_STATUSES) - {"retry"}
-    wrong = [s for s in statuses if s not in allowed]
-    if wrong:
-        raise ConfigError(
-            f"cannot retry units in status {', '.join(wrong)}",
-            hint=f"only {', '.join(sorted(allowed))} units can be retried: the others would come out the same",
-        )
-    if not Path(path).is_file():
-        raise LedgerError(f"{path}: no such ledger")
-    with exclusive(path):
-        ledger = Ledger(path)
-        try:
-            return ledger.mark_for_retry(statuses)
-        finally:
-            ledger.close()

@@ -1,381 +1,36 @@
 """The ledger: a SQLite database (through sqlite-utils) that records every work unit.
 
-`Ledger` is the only code that reads or writes it. Opening one applies any outstanding
-migrations, so a new ledger and an old one take the same path. Migrations are named,
-append-only steps recorded in the `_prefgen_migrations` table.
+`Ledger` is the only code that reads or writes it. Opening one for writing applies any
+outstanding migrations (migrations.py) and replaces views older than views.py's, so a new
+ledger and an old one take the same path; opening one read-only never writes the file.
 """
 
 from __future__ import annotations
 
-import datetime
 import os
 import socket
 import sqlite3
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import orjson
 import sqlite_utils
 
 from prefgen import __version__
-from prefgen.errors import LedgerError, SettingsMismatch
-
-MIGRATIONS_TABLE = "_prefgen_migrations"
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def m001_initial(db: sqlite_utils.Database) -> None:
-    """Units, runs, events and the key-value meta table."""
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["runs"].create(
-        {
-            "id": int,
-            "started_at": str,
-            "ended_at": str,
-            "status": str,
-            "stop_reason": str,
-            "units_done": int,
-            "error": str,
-            "pid": int,
-            "host": str,
-            "argv": str,
-            "prefgen_version": str,
-            "settings": str,
-        },
-        pk="id",
-    )
-    db["units"].create(
-        {
-            "sample_index": int,
-            "reject_index": int,
-            "seed": int,
-            "status": str,
-            "detail": str,
-            "record_hash": str,
-            "raw_answer": str,
-            "sql": str,
-            "prompt_tokens": int,
-            "new_tokens": int,
-            "gen_seconds": float,
-            "run_id": int,
-            "updated_at": str,
-            "line_offset": int,
-            "line_length": int,
-            "line": str,
-        },
-        pk=("sample_index", "reject_index"),
-        foreign_keys=[("run_id", "runs", "id")],
-    )
-    db["units"].create_index(["seed"], unique=True)
-    db["units"].create_index(["status"])
-    db["events"].create(
-        {"id": int, "run_id": int, "at": str, "kind": str, "detail": str},
-        pk="id",
-        foreign_keys=[("run_id", "runs", "id")],
-    )
-
-
-def m002_views(db: sqlite_utils.Database) -> None:
-    """Read-only views that make the common questions one-line queries."""
-    db.create_view(
-        "sample_progress",
-        """
-        select sample_index,
-          count(*) as units,
-          sum(status = 'written') as written,
-          sum(status = 'duplicate') as duplicate,
-          sum(status = 'no_sql') as no_sql,
-          sum(status in ('oom', 'error', 'retry')) as failed,
-          sum(coalesce(new_tokens, 0)) as new_tokens,
-          round(sum(coalesce(gen_seconds, 0)), 3) as gen_seconds
-        from units group by sample_index""",
-    )
-    db.create_view(
-        "progress",
-        """
-        select
-          (select cast(value as integer) from meta where key = 'samples_total')
-            * (select cast(value as integer) from meta where key = 'num_rejects') as units_total,
-          (select count(*) from units where status not in ('oom', 'error', 'retry')) as units_done,
-          (select count(*) from units where status in ('oom', 'error', 'retry')) as units_failed,
-          (select cast(value as integer) from meta where key = 'samples_total') as samples_total,
-          (select count(*) from sample_progress where units - failed
-             = (select cast(value as integer) from meta where key = 'num_rejects')) as samples_complete,
-          (select count(*) from units where status = 'written') as lines_written,
-          (select coalesce(sum(new_tokens), 0) from units) as tokens_generated,
-          (select max(updated_at) from units) as last_update""",
-    )
-    db.create_view(
-        "run_history",
-        """
-        select r.id, r.started_at, r.ended_at, r.status, r.stop_reason, r.units_done, r.error,
-          (select count(*) from events e where e.run_id = r.id and e.kind = 'oom_backoff') as oom_backoffs,
-          round((julianday(coalesce(r.ended_at,
-            (select max(updated_at) from units u where u.run_id = r.id), r.started_at))
-            - julianday(r.started_at)) * 86400, 3) as seconds
-        from runs r order by r.id""",
-    )
-
-
-def m003_same_as_gold(db: sqlite_utils.Database) -> None:
-    """sample_progress counts the rejects that were the gold query again."""
-    db["sample_progress"].drop()
-    db.create_view(
-        "sample_progress",
-        """
-        select sample_index,
-          count(*) as units,
-          sum(status = 'written') as written,
-          sum(status = 'same_as_gold') as same_as_gold,
-          sum(status = 'duplicate') as duplicate,
-          sum(status = 'no_sql') as no_sql,
-          sum(status in ('oom', 'error', 'retry')) as failed,
-          sum(coalesce(new_tokens, 0)) as new_tokens,
-          round(sum(coalesce(gen_seconds, 0)), 3) as gen_seconds
-        from units group by sample_index""",
-    )
-
-
-def m004_verdicts(db: sqlite_utils.Database) -> None:
-    """Execution verdicts per unit (--db-root), the `dropped` status, and --max-attempts:
-    a sample is complete once it has num_rejects written rejects or has used its attempts."""
-    for column, kind in (("verdict", str), ("verdict_detail", str), ("multiset_differs", int), ("order_differs", int)):
-        db["units"].add_column(column, kind)
-    db["units"].create_index(["verdict"])
-    for view in ("progress", "sample_progress"):
-        db[view].drop()
-    db.create_view(
-        "sample_progress",
-        """
-        with m as (
-          select n, coalesce((select cast(value as integer) from meta where key = 'max_attempts'), n) as k
-          from (select (select cast(value as integer) from meta where key = 'num_rejects') as n))
-        select s.*, (s.failed = 0 and s.units >= m.n and (s.written >= m.n or s.units >= m.k)) as complete
-        from (
-          select sample_index,
-            count(*) as units,
-            sum(status = 'written') as written,
-            sum(status = 'same_as_gold') as same_as_gold,
-            sum(status = 'duplicate') as duplicate,
-            sum(status = 'no_sql') as no_sql,
-            sum(status = 'dropped') as dropped,
-            sum(status in ('oom', 'error', 'retry')) as failed,
-            sum(coalesce(new_tokens, 0)) as new_tokens,
-            round(sum(coalesce(gen_seconds, 0)), 3) as gen_seconds
-          from units group by sample_index) s, m""",
-    )
-    db.create_view(
-        "progress",
-        """
-        with m as (
-          select (select cast(value as integer) from meta where key = 'samples_total') as samples,
-            (select cast(value as integer) from meta where key = 'num_rejects') as n)
-        select
-          m.samples * m.n + (select count(*) from units where reject_index >= m.n) as units_total,
-          (select count(*) from units where status not in ('oom', 'error', 'retry')) as units_done,
-          (select count(*) from units where status in ('oom', 'error', 'retry')) as units_failed,
-          m.samples as samples_total,
-          (select coalesce(sum(complete), 0) from sample_progress) as samples_complete,
-          (select count(*) from units where status = 'written') as lines_written,
-          (select coalesce(sum(new_tokens), 0) from units) as tokens_generated,
-          (select max(updated_at) from units) as last_update
-        from m""",
-    )
-
-
-def m005_onpolicy_pairs(db: sqlite_utils.Database) -> None:
-    """--pairs onpolicy: each candidate's role, the pairs formed (their lines, like written
-    units'), and one row per sample whose pairs are formed; such a sample is complete."""
-    db["units"].add_column("role", str)
-    db["pairs"].create(
-        {
-            "sample_index": int,
-            "pair_index": int,
-            "chosen_source": str,
-            "chosen_attempt": int,
-            "rejected_attempt": int,
-            "run_id": int,
-            "updated_at": str,
-            "line_offset": int,
-            "line_length": int,
-            "line": str,
-        },
-        pk=("sample_index", "pair_index"),
-        foreign_keys=[("run_id", "runs", "id")],
-    )
-    db["paired_samples"].create(
-        {
-            "sample_index": int,
-            "candidates": int,
-            "chosen_candidates": int,
-            "rejected_candidates": int,
-            "pairs": int,
-            "fallback": int,
-            "run_id": int,
-            "updated_at": str,
-        },
-        pk="sample_index",
-        foreign_keys=[("run_id", "runs", "id")],
-    )
-    for view in ("progress", "sample_progress"):
-        db[view].drop()
-    db.create_view(
-        "sample_progress",
-        """
-        with m as (
-          select n, coalesce((select cast(value as integer) from meta where key = 'max_attempts'), n) as k
-          from (select (select cast(value as integer) from meta where key = 'num_rejects') as n))
-        select s.*, (s.failed = 0 and s.units >= m.n and (s.written >= m.n or s.units >= m.k)
-            or s.sample_index in (select sample_index from paired_samples)) as complete
-        from (
-          select sample_index,
-            count(*) as units,
-            sum(status = 'written') as written,
-            sum(status = 'same_as_gold') as same_as_gold,
-            sum(status = 'duplicate') as duplicate,
-            sum(status = 'no_sql') as no_sql,
-            sum(status = 'dropped') as dropped,
-            sum(status in ('oom', 'error', 'retry')) as failed,
-            sum(role = 'chosen') as chosen,
-            sum(role = 'rejected') as rejected,
-            sum(coalesce(new_tokens, 0)) as new_tokens,
-            round(sum(coalesce(gen_seconds, 0)), 3) as gen_seconds
-          from units group by sample_index) s, m""",
-    )
-    db.create_view(
-        "progress",
-        """
-        with m as (
-          select (select cast(value as integer) from meta where key = 'samples_total') as samples,
-            (select cast(value as integer) from meta where key = 'num_rejects') as n)
-        select
-          m.samples * m.n + (select count(*) from units where reject_index >= m.n) as units_total,
-          (select count(*) from units where status not in ('oom', 'error', 'retry')) as units_done,
-          (select count(*) from units where status in ('oom', 'error', 'retry')) as units_failed,
-          m.samples as samples_total,
-          (select coalesce(sum(complete), 0) from sample_progress) as samples_complete,
-          (select count(*) from units where status = 'written') + (select count(*) from pairs) as lines_written,
-          (select coalesce(sum(new_tokens), 0) from units) as tokens_generated,
-          (select max(updated_at) from units) as last_update
-        from m""",
-    )
-
-
-RECENT_MINUTES = 10  # the window of the `speed` view's recent rate
-
-
-def speed_sql(minutes: int) -> str:
-    """Throughput over all runs' time and over the last `minutes` of activity, and the ETA at
-    the recent rate (the overall rate when there is none): the `speed` view for 10 minutes."""
-    return f"""
-        with p as (select * from progress),
-          r as (select sum(seconds) as seconds from run_history),
-          t as (select count(*) as units, coalesce(sum(new_tokens), 0) as tokens from units),
-          w as (select strftime('%Y-%m-%dT%H:%M:%f+00:00', julianday(p.last_update) - {int(minutes)} / 1440.0)
-                  as start from p),
-          recent as (select count(*) as units, coalesce(sum(new_tokens), 0) as tokens
-                     from units, w where units.updated_at >= w.start),
-          span as (select (julianday(p.last_update) - julianday(max(w.start,
-                     (select started_at from runs order by id desc limit 1)))) * 86400 as seconds from p, w),
-          rates as (select t.units / nullif(r.seconds, 0) as units_per_s,
-                      t.tokens / nullif(r.seconds, 0) as tokens_per_s,
-                      case when span.seconds > 0 then recent.units / span.seconds end as recent_units_per_s,
-                      case when span.seconds > 0 then recent.tokens / span.seconds end as recent_tokens_per_s,
-                      max(coalesce(p.units_total, 0) - p.units_done, 0) as remaining
-                    from p, r, t, recent, span)
-        select {int(minutes)} as recent_minutes, units_per_s, tokens_per_s, recent_units_per_s, recent_tokens_per_s,
-          remaining,
-          case when remaining = 0 then 0.0
-            else remaining / nullif(coalesce(nullif(recent_units_per_s, 0), units_per_s), 0) end as eta_s
-        from rates"""
-
-
-def m006_browse(db: sqlite_utils.Database) -> None:
-    """What `prefgen browse` (and `ledger status`) show, as views: each sample's question,
-    gold and database (`samples`), speed and ETA, progress over time, outcomes per database,
-    failures, and every pair line whatever the pair mode."""
-    db["samples"].create(
-        {"sample_index": int, "db": str, "instruction": str, "input": str, "gold": str}, pk="sample_index"
-    )
-    db.create_view("speed", speed_sql(RECENT_MINUTES))
-    db.create_view(
-        "progress_over_time",
-        """
-        select minute, units, new_tokens, sum(units) over (order by minute) as units_done
-        from (select substr(updated_at, 1, 16) as minute, count(*) as units,
-                coalesce(sum(new_tokens), 0) as new_tokens from units group by minute)""",
-    )
-    db.create_view(
-        "outcomes_by_database",
-        """
-        select coalesce(s.db, '') as db, u.status, u.verdict, u.role, count(*) as units
-        from units u left join samples s using (sample_index)
-        group by 1, 2, 3, 4""",
-    )
-    db.create_view(
-        "failures",
-        """
-        select status, coalesce(nullif(detail, ''), status) as reason, count(*) as units,
-          group_concat(distinct sample_index) as samples from units
-        where status in ('error', 'oom', 'no_sql', 'timeout', 'retry', 'too_long')
-        group by status, reason order by units desc""",
-    )
-    db.create_view(
-        "pair_lines",
-        """
-        select u.sample_index, u.reject_index as pair_index, coalesce(s.db, '') as db, 'gold' as chosen_source,
-          json_extract(u.line, '$.chosen') as chosen, json_extract(u.line, '$.rejected') as rejected,
-          u.verdict as rejected_verdict, u.seed as rejected_seed, u.line_offset
-        from units u left join samples s using (sample_index) where u.status = 'written'
-        union all
-        select p.sample_index, p.pair_index, coalesce(s.db, ''), p.chosen_source,
-          json_extract(p.line, '$.chosen'), json_extract(p.line, '$.rejected'),
-          json_extract(p.line, '$.rejected_verdict'), json_extract(p.line, '$.rejected_seed'), p.line_offset
-        from pairs p left join samples s using (sample_index)""",
-    )
-
-
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    m001_initial,
-    m002_views,
-    m003_same_as_gold,
-    m004_verdicts,
-    m005_onpolicy_pairs,
-    m006_browse,
-]
-
-
-def migrate(db: sqlite_utils.Database) -> None:
-    """Apply the migrations this ledger has not had yet; refuse ledgers from a newer prefgen."""
-    db[MIGRATIONS_TABLE].create({"name": str, "applied_at": str}, pk="name", if_not_exists=True)
-    applied = {row["name"] for row in db[MIGRATIONS_TABLE].rows}
-    check_known(applied)
-    for migration in MIGRATIONS:
-        if migration.__name__ not in applied:
-            with db.atomic():
-                migration(db)
-                db[MIGRATIONS_TABLE].insert({"name": migration.__name__, "applied_at": now()})
-
-
-def check_known(applied: set[str]) -> None:
-    unknown = applied - {m.__name__ for m in MIGRATIONS}
-    if unknown:
-        raise LedgerError(
-            f"this ledger was written by a newer prefgen (it has migrations {', '.join(sorted(unknown))})",
-            hint="upgrade prefgen to read it",
-        )
+from prefgen.errors import ConfigError, LedgerError, SettingsMismatch
+from prefgen.ledger.migrations import MIGRATIONS_TABLE, applied_migrations, now, pending_migrations, upgrade
+from prefgen.ledger.views import RECENT_MINUTES, create_temp_views, speed_sql, views_are_current
+from prefgen.runtime.lock import exclusive
+from prefgen.units import RETRIED_STATUSES
 
 
 def _connect(path: Path, readonly: bool) -> sqlite_utils.Database:
-    if readonly:
-        if not path.exists():
-            raise LedgerError(f"{path}: no such ledger")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    else:
-        conn = sqlite3.connect(str(path))
+    if readonly and not path.exists():
+        raise LedgerError(f"{path}: no such ledger")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True) if readonly else sqlite3.connect(str(path))
+    except sqlite3.DatabaseError as exc:
+        raise LedgerError(f"{path} is not a prefgen ledger: {exc}") from exc
     return sqlite_utils.Database(conn)
 
 
@@ -385,45 +40,52 @@ def _samples_below(max_sample: int | None) -> tuple[str, list]:
 
 
 class Ledger:
-    """One run's ledger. Opened read-write it migrates; read-only it only checks."""
+    """One run's ledger. Opened read-write it migrates; read-only it never writes."""
 
     def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
+        self.db = _connect(self.path, readonly)
         try:
-            self.db = _connect(self.path, readonly)
             self.db.execute("PRAGMA busy_timeout = 10000")
             if readonly:
                 self._check_readable()
             else:
                 self.db.enable_wal()
                 self.db.execute("PRAGMA synchronous = FULL")
-                migrate(self.db)
-        except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{self.path} is not a prefgen ledger: {exc}") from exc
+                upgrade(self.db)
+        except BaseException as exc:
+            self.db.close()
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise LedgerError(f"{self.path} is not a prefgen ledger: {exc}") from exc
+            raise
 
     def _check_readable(self) -> None:
+        """Refuse what is not a ledger, or one whose tables are older than this prefgen's; give
+        a ledger whose views are older the current ones, as TEMP views of this connection."""
         if MIGRATIONS_TABLE not in self.db.table_names():
             raise LedgerError(f"{self.path} is not a prefgen ledger (no {MIGRATIONS_TABLE} table)")
-        applied = {row["name"] for row in self.db[MIGRATIONS_TABLE].rows}
-        check_known(applied)
-        if len(applied) < len(MIGRATIONS):
-            # A ledger from an older prefgen: bring its schema (views) up to date once, then read.
-            self.db.close()
-            writer = _connect(self.path, readonly=False)
-            writer.execute("PRAGMA busy_timeout = 10000")
-            migrate(writer)
-            writer.close()
-            self.db = _connect(self.path, readonly=True)
+        pending = pending_migrations(applied_migrations(self.db))
+        if pending:
+            raise LedgerError(
+                f"{self.path} was written by an older prefgen: its tables lack the migrations {', '.join(pending)}",
+                hint="bring it up to date by opening it for writing once: run its `prefgen generate` command again"
+                " (it resumes the run, or says that nothing is left to do)",
+            )
+        if not views_are_current(self.db.conn):
+            create_temp_views(self.db.conn)
 
     def close(self) -> None:
+        """Close the connection."""
         self.db.close()
 
     # --- meta ---------------------------------------------------------------------------------
     def meta(self, key: str, default: str | None = None) -> str | None:
+        """The value of `key` in the meta table, or `default`."""
         rows = list(self.db.query("select value from meta where key = ?", [key]))
         return rows[0]["value"] if rows else default
 
     def set_meta(self, values: dict[str, object]) -> None:
+        """Set meta keys (strings as they are, anything else as JSON)."""
         self.db["meta"].upsert_all(
             [{"key": k, "value": v if isinstance(v, str) else orjson.dumps(v).decode()} for k, v in values.items()],
             pk="key",
@@ -470,16 +132,20 @@ class Ledger:
         return table.last_pk
 
     def end_run(self, run_id: int, status: str, reason: str = "", error: str = "") -> None:
+        """Close this process's row in `runs` with its status and why it stopped."""
         with self.db.atomic():
             self.db["runs"].update(run_id, {"ended_at": now(), "status": status, "stop_reason": reason, "error": error})
 
     def record_event(self, run_id: int, kind: str, detail: dict) -> None:
+        """Add a row to `events`, its detail as JSON."""
         with self.db.atomic():
-            self.db["events"].insert(
-                {"run_id": run_id, "at": now(), "kind": kind, "detail": orjson.dumps(detail).decode()}
-            )
+            self._insert_event(run_id, kind, detail)
+
+    def _insert_event(self, run_id: int | None, kind: str, detail: dict) -> None:
+        self.db["events"].insert({"run_id": run_id, "at": now(), "kind": kind, "detail": orjson.dumps(detail).decode()})
 
     def runs(self) -> list[dict]:
+        """Every row of `runs`, oldest first."""
         return list(self.db.query("select * from runs order by id"))
 
     # --- units --------------------------------------------------------------------------------
@@ -528,6 +194,7 @@ class Ledger:
             ) from exc
 
     def status_counts(self, max_sample: int | None = None) -> dict[str, int]:
+        """Status -> units, over the samples below --max-samples if given."""
         below, params = _samples_below(max_sample)
         rows = self.db.query(f"select status, count(*) as n from units where {below} group by status", params)
         return {r["status"]: r["n"] for r in rows}
@@ -559,21 +226,16 @@ class Ledger:
                 [now(), *statuses],
             )
             count = cursor.rowcount
-            self.db["events"].insert(
-                {
-                    "run_id": None,
-                    "at": now(),
-                    "kind": "retry_marked",
-                    "detail": orjson.dumps({"statuses": statuses, "units": count}).decode(),
-                }
-            )
+            self._insert_event(None, "retry_marked", {"statuses": statuses, "units": count})
         return count
 
     # --- inspection (read-only) ---------------------------------------------------------------------
     def progress(self) -> dict:
+        """The `progress` view's row."""
         return next(self.db.query("select * from progress"))
 
     def run_history(self) -> list[dict]:
+        """The `run_history` view: one row per run."""
         return list(self.db.query("select * from run_history"))
 
     def paired_summary(self) -> dict:
@@ -588,10 +250,8 @@ class Ledger:
             )
         )
 
-    def sample_pairs(self, sample_index: int) -> list[dict]:
-        return list(self.db.query("select * from pairs where sample_index = ? order by pair_index", [sample_index]))
-
     def sample_units(self, sample_index: int) -> list[dict]:
+        """Every unit of one sample, in attempt order."""
         return list(self.db.query("select * from units where sample_index = ? order by reject_index", [sample_index]))
 
     def partial_samples(self) -> int:
@@ -624,6 +284,7 @@ class Ledger:
         return next(self.db.query("select coalesce(sum(gen_seconds), 0) as s from units"))["s"]
 
     def failures(self) -> list[dict]:
+        """The `failures` view: failed units grouped by reason."""
         return list(self.db.query("select * from failures"))
 
     def speed(self, minutes: int = RECENT_MINUTES) -> dict:
@@ -631,10 +292,28 @@ class Ledger:
         return next(self.db.query(speed_sql(minutes)))
 
     def last_error(self) -> dict | None:
-        rows = list(
-            self.db.query(
-                "select id as run_id, ended_at as at, stop_reason, error from runs"
-                " where error is not null and error != '' order by id desc limit 1"
-            )
+        """The latest run that stopped on an error, if any."""
+        sql = (
+            "select id as run_id, ended_at as at, stop_reason, error from runs"
+            " where error is not null and error != '' order by id desc limit 1"
         )
-        return rows[0] if rows else None
+        return next(self.db.query(sql), None)
+
+
+def mark_retry(path: str, statuses: list[str]) -> int:
+    """Mark units to be generated again by the next run (refused while a run holds the ledger)."""
+    allowed = set(RETRIED_STATUSES) - {"retry"}
+    wrong = [s for s in statuses if s not in allowed]
+    if wrong:
+        raise ConfigError(
+            f"cannot retry units in status {', '.join(wrong)}",
+            hint=f"only {', '.join(sorted(allowed))} units can be retried: the others would come out the same",
+        )
+    if not Path(path).is_file():
+        raise LedgerError(f"{path}: no such ledger")
+    with exclusive(path):
+        ledger = Ledger(path)
+        try:
+            return ledger.mark_for_retry(statuses)
+        finally:
+            ledger.close()
