@@ -95,6 +95,23 @@ def test_the_dashboard_and_ledger_status_agree(judged_run):
     assert query(ledger, "select * from progress") == [progress]
 
 
+def test_the_home_page_lists_only_the_ledger(judged_run):
+    _, ledger = judged_run
+    (status, body), (page_status, page), (memory, _) = fetch(ledger, "/.json", "/", "/_memory")
+    assert status == page_status == 200
+    assert list(orjson.loads(body)) == ["ledger"]
+    assert "_memory" not in page and memory == 404
+
+
+def test_the_time_axis_spec_is_a_24_hour_utc_clock(judged_run):
+    from prefgen.ledger.browse import configuration
+
+    x = configuration()["plugins"]["datasette-dashboards"]["run"]["charts"]["progress"]["display"]["encoding"]["x"]
+    assert (x["type"], x["scale"], x["axis"]) == ("temporal", {"type": "utc"}, {"format": "%H:%M"})
+    status, page = fetch(judged_run[1], "/-/dashboards/run")[0]
+    assert status == 200 and '"format": "%H:%M"' in page
+
+
 def test_browsing_cannot_write(judged_run):
     _, ledger = judged_run
     before = query(ledger, "select count(*) as n from units")
@@ -156,7 +173,7 @@ def serve(path):
     raise AssertionError("prefgen browse did not answer")
 
 
-def chromium(*args) -> str:
+def chromium(*args, env=None) -> str:
     if CHROMIUM is None:
         if os.environ.get("CI"):
             pytest.fail("CI needs chromium (.ci/run installs it)")
@@ -172,7 +189,7 @@ def chromium(*args) -> str:
         "--disable-sync",
         "--user-data-dir=" + str(os.environ.get("PYTEST_TMP", "/tmp")) + f"/chromium-{os.getpid()}",
     ]
-    done = subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120, env=env)
     return done.stdout
 
 
@@ -197,6 +214,40 @@ def test_the_dashboard_renders_in_a_real_browser(judged_run, tmp_path):
     width, height, pixels = png_pixels(shot)
     assert (width, height) == (1400, 1600)
     assert len(set(pixels)) > 64, "the screenshot is blank"
+
+
+def test_the_time_axis_is_a_24_hour_utc_clock(judged_run, tmp_path):
+    """A run at 14:09-14:12 UTC, drawn by a browser in Tokyo (UTC+9): the axis says 14:1x, not
+    02:1x PM (a 12-hour clock) nor 23:1x (local time)."""
+    import re
+    import sqlite3
+
+    _, ledger = judged_run
+    afternoon = tmp_path / "afternoon.ledger.sqlite"
+    source, copy = sqlite3.connect(ledger), sqlite3.connect(afternoon)
+    source.backup(copy)
+    source.close()
+    copy.execute("update units set updated_at = printf('2024-05-01T14:%02d:30.000+00:00', 9 + sample_index * 3 / 5)")
+    copy.commit()
+    copy.close()
+    assert {r["minute"] for r in query(afternoon, "select minute from progress_over_time")} == {
+        f"2024-05-01T14:{m:02d}" for m in (9, 10, 11, 12)
+    }
+    process, base = serve(afternoon)
+    try:
+        dom = chromium(
+            "--virtual-time-budget=15000",
+            "--window-size=1400,1600",
+            "--dump-dom",
+            base + "/-/dashboards/run",
+            env={**os.environ, "TZ": "Asia/Tokyo"},
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    labels = re.findall(r">(\d\d:\d\d)</text>", dom)
+    assert labels and set(labels) <= {f"14:{m:02d}" for m in range(8, 14)}, labels
+    assert "PM" not in labels
 
 
 def png_pixels(path):
