@@ -149,20 +149,25 @@ def test_older_views_are_replaced_for_a_reader_and_rewritten_by_a_writer(workdir
     assert stored_views(sqlite3.connect(ledger)) == VIEWS == schema(fresh_ledger)["views"]
 
 
-@pytest.mark.parametrize("stage", range(6))
-def test_a_ledger_from_any_earlier_migration_ends_up_with_a_new_ones_schema(tmp_path, fresh_ledger, stage):
-    """stages.json: the schema, views included, of a new ledger after each migration of the
-    prefgen that made the fixture."""
+def old_stage(path, stage: int):
+    """An empty ledger as the fixture's prefgen left it after its migration number `stage` + 1
+    (stages.json: the schema, views included, after each of them)."""
     stages = json.loads((FIXTURE / "stages.json").read_text())
-    path = tmp_path / "old.ledger.sqlite"
     conn = sqlite3.connect(path)
     for _, _, sql in stages[stage]["schema"]:
         conn.execute(sql)
     conn.executemany("insert into _prefgen_migrations values (?, '')", [[m] for m in stages[stage]["migrations"]])
     conn.commit()
     conn.close()
+    return stages[stage]["migrations"]
+
+
+@pytest.mark.parametrize("stage", range(6))
+def test_a_ledger_from_any_earlier_migration_ends_up_with_a_new_ones_schema(tmp_path, fresh_ledger, stage):
+    path = tmp_path / "old.ledger.sqlite"
+    migrations = old_stage(path, stage)
     before = untouched(path)
-    if len(stages[stage]["migrations"]) < len(stages[-1]["migrations"]):
+    if len(migrations) < 6:
         with pytest.raises(LedgerError, match="written by an older prefgen") as refused:
             Ledger(path, readonly=True)
         assert "prefgen generate" in refused.value.hint
@@ -171,3 +176,31 @@ def test_a_ledger_from_any_earlier_migration_ends_up_with_a_new_ones_schema(tmp_
     assert untouched(path) == before
     Ledger(path).close()
     assert schema(path) == schema(fresh_ledger)
+
+
+def test_reading_a_ledger_whose_tables_are_older_is_refused_with_a_hint(workdir):
+    path = workdir / "old.ledger.sqlite"
+    old_stage(path, 4)  # no `samples` table yet
+    before = untouched(path)
+    result = run_cli(["ledger", "status", str(path)], expect=1)
+    assert f"Error: {path} was written by an older prefgen: its tables lack the migrations m006_browse" in result.output
+    assert "run its `prefgen generate` command again" in result.output
+    assert untouched(path) == before
+
+
+def test_a_writing_open_rewrites_the_views_only_when_they_differ(fresh_ledger):
+    def schema_version():
+        conn = sqlite3.connect(fresh_ledger)
+        try:
+            return conn.execute("pragma schema_version").fetchone()[0]
+        finally:
+            conn.close()
+
+    version = schema_version()
+    Ledger(fresh_ledger).close()
+    assert schema_version() == version  # nothing to change: nothing written
+    conn = sqlite3.connect(fresh_ledger)
+    conn.execute("drop view failures")
+    conn.close()
+    Ledger(fresh_ledger).close()
+    assert schema(fresh_ledger)["views"] == VIEWS
