@@ -1,11 +1,13 @@
 """Step 1 of the flow: stream SFT records from a JSON array or a JSON Lines file.
 
 Neither format is ever loaded whole: JSON arrays are parsed incrementally with ijson and
-JSON Lines are read line by line, so memory does not grow with the file.
+JSON Lines are read line by line, so memory does not grow with the file. A UTF-8 byte-order
+mark is skipped, as the JSON standard allows; a byte that is not UTF-8 is named by line and byte.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 from itertools import islice
 from pathlib import Path
@@ -19,6 +21,7 @@ from prefgen.units import Record
 
 REQUIRED_FIELDS = ("instruction", "output")
 STRING_FIELDS = ("instruction", "input", "output")
+BOM = codecs.BOM_UTF8
 
 
 def record_hash(fields: dict) -> str:
@@ -51,6 +54,67 @@ def validate(path: Path, index: int, fields: object) -> Record:
     return Record(index=index, fields=fields, hash=record_hash(fields))
 
 
+def skip_bom(handle: IO[bytes]) -> int:
+    """Move past a UTF-8 byte-order mark, which the JSON standard lets a reader ignore (some
+    Windows tools write one); return the offset of the first byte of JSON."""
+    if handle.read(len(BOM)) == BOM:
+        return len(BOM)
+    handle.seek(0)
+    return 0
+
+
+def encoding_error(path: Path, line: int, data: bytes, offset: int) -> InputError | None:
+    """An InputError naming where `data` (line `line`, starting at byte `offset` of the file)
+    stops being UTF-8, or None when it is valid UTF-8."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _not_utf8(path, line, exc.start, offset + exc.start, exc)
+    return None
+
+
+def _not_utf8(path: Path, line: int, column: int, offset: int, exc: UnicodeDecodeError) -> InputError:
+    return InputError(
+        f"{path}: line {line}: not valid UTF-8 at byte {column} of the line (byte {offset} of the file): {exc.reason}",
+        hint="prefgen reads UTF-8 (as JSON requires): convert the file, e.g. with iconv -t UTF-8",
+    )
+
+
+class CheckedReader:
+    """A binary file for ijson that fails, naming line and byte, at the first byte that is not
+    UTF-8 (ijson itself would only say `lexical error`). It decodes as it goes, never whole."""
+
+    def __init__(self, path: Path, handle: IO[bytes]):
+        self.path, self.handle = path, handle
+        self.decoder = codecs.getincrementaldecoder("utf-8")()
+        self.offset = handle.tell()  # bytes handed out so far, counted from the file's start
+        self.line, self.line_start = 1, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        if size == 0:
+            return data
+        pending = self.decoder.getstate()[0]  # the start of a character split across reads
+        try:
+            self.decoder.decode(data, final=not data)
+        except UnicodeDecodeError as exc:
+            raise self._error(pending + data, self.offset - len(pending), exc) from exc
+        newlines = data.count(b"\n")
+        if newlines:
+            self.line += newlines
+            self.line_start = self.offset + data.rindex(b"\n") + 1
+        self.offset += len(data)
+        return data
+
+    def _error(self, data: bytes, base: int, exc: UnicodeDecodeError) -> InputError:
+        before = data[: exc.start]
+        line, line_start = self.line + before.count(b"\n"), self.line_start
+        if b"\n" in before:
+            line_start = base + before.rindex(b"\n") + 1
+        offset = base + exc.start
+        return _not_utf8(self.path, line, offset - line_start, offset, exc)
+
+
 def _first_char(handle: IO[bytes]) -> bytes:
     while True:
         block = handle.read(4096)
@@ -61,10 +125,11 @@ def _first_char(handle: IO[bytes]) -> bytes:
             return stripped[:1]
 
 
-def _array_items(path: Path, handle: IO[bytes]) -> Iterator[object]:
+def array_items(path: Path, handle: IO[bytes]) -> Iterator[object]:
+    """The items of a JSON array, streamed; InputError names a malformed item or a byte that is not UTF-8."""
     index = 0
     try:
-        for item in ijson.items(handle, "item", use_float=True):
+        for item in ijson.items(CheckedReader(path, handle), "item", use_float=True):
             yield item
             index += 1
     except ijson.JSONError as exc:
@@ -74,15 +139,16 @@ def _array_items(path: Path, handle: IO[bytes]) -> Iterator[object]:
         ) from exc
 
 
-def _line_items(path: Path, handle: IO[bytes]) -> Iterator[object]:
+def _line_items(path: Path, handle: IO[bytes], offset: int) -> Iterator[object]:
     index = 0
     for line_number, line in enumerate(handle, start=1):
+        start, offset = offset, offset + len(line)
         if not line.strip():
             continue
         try:
             item = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise InputError(
+            raise encoding_error(path, line_number, line, start) or InputError(
                 f"{path}: malformed JSON at record {index} (line {line_number}): {exc}",
                 hint="each line of a .jsonl file must be one complete JSON object",
             ) from exc
@@ -100,14 +166,15 @@ def iter_records(path: str | Path, limit: int = 0) -> Iterator[Record]:
     except OSError as exc:
         raise InputError(f"{path}: cannot read the data file: {exc.strerror}") from exc
     with handle:
+        start = skip_bom(handle)
         first = _first_char(handle)
-        handle.seek(0)
+        handle.seek(start)
         if first == b"":
             raise InputError(f"{path}: the data file is empty", hint="give a JSON array or JSON Lines file")
         if first == b"[":
-            items = _array_items(path, handle)
+            items = array_items(path, handle)
         elif first == b"{":
-            items = _line_items(path, handle)
+            items = _line_items(path, handle, start)
         else:
             raise InputError(
                 f"{path}: not a JSON array or JSON Lines file (starts with {first!r})",
