@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefgen.errors import ConfigError
-from prefgen.paths import LEDGER_SUFFIX, part_path
+from prefgen.paths import journal_of, ledger_beside, part_path
 
 # Settings that decide what each unit's text is. A resumed run must use the same values,
 # otherwise the file would mix pairs from two different experiments.
@@ -229,14 +229,15 @@ class GenerateConfig:
 
     @property
     def output_path(self) -> Path:
-        """This process's JSONL: the output itself, or its rank's part under torchrun."""
-        return part_path(Path(self.output), self.rank, self.world_size)
+        """This process's JSONL: the output itself, or its rank's part under torchrun; for a .json
+        output, the JSON Lines journal beside it (the array is written from it when the run is complete)."""
+        return journal_of(part_path(Path(self.output), self.rank, self.world_size))
 
     @property
     def ledger_path(self) -> Path:
         if self.ledger:
             return part_path(Path(self.ledger), self.rank, self.world_size)
-        return Path(str(self.output_path) + LEDGER_SUFFIX)
+        return ledger_beside(part_path(Path(self.output), self.rank, self.world_size))
 
     def fingerprint(self) -> dict:
         """The settings a resumed run must share with the ledger, in comparable form."""

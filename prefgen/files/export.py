@@ -14,7 +14,6 @@ writes such a row: it skips it, counts it and says why.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +22,11 @@ from typing import Iterator
 import orjson
 
 from prefgen.errors import InputError
+from prefgen.files.atomic import atomic_write
+from prefgen.paths import journal_of
 from prefgen.prompts import chat_messages
+from prefgen.records import array_items, encoding_error, skip_bom
 from prefgen.units import Record
-
-FORMATS = ("llamafactory", "sharegpt", "trl")
 
 
 @dataclass
@@ -40,18 +40,44 @@ class ExportSummary:
 
 
 def read_pairs(path: Path) -> Iterator[tuple[int, object]]:
-    """(line number, parsed line) of a JSONL file, streamed."""
+    """(line number, parsed line) of a JSONL file, streamed; a UTF-8 byte-order mark is skipped."""
     try:
         handle = open(path, "rb")
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from exc
     with handle:
+        offset = skip_bom(handle)
         for number, line in enumerate(handle, start=1):
+            start, offset = offset, offset + len(line)
             if line.strip():
                 try:
                     yield number, orjson.loads(line)
                 except orjson.JSONDecodeError as exc:
-                    raise InputError(f"{path}: line {number} is not JSON: {exc}") from exc
+                    error = encoding_error(path, number, line, start)
+                    raise error or InputError(f"{path}: line {number} is not JSON: {exc}") from exc
+
+
+def read_output(path: Path) -> Iterator[object]:
+    """The pairs of a prefgen output: a JSON Lines file, or the JSON array of a `.json` output
+    (its journal while the run has not written it yet)."""
+    journal = journal_of(path)
+    if not path.exists() and journal != path and journal.exists():
+        path = journal
+    if not _is_array(path):
+        yield from (pair for _, pair in read_pairs(path))
+        return
+    with open(path, "rb") as handle:
+        skip_bom(handle)
+        yield from array_items(path, handle)
+
+
+def _is_array(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            skip_bom(handle)
+            return handle.read(4096).lstrip()[:1] == b"["
+    except OSError:
+        return False  # read_pairs names the problem
 
 
 def problem(pair: object) -> str | None:
@@ -114,22 +140,20 @@ def dataset_info_entry(fmt: str, file_name: str, system: bool) -> dict:
 
 
 def export_pairs(source: str, fmt: str, to: str, name: str = "", system: str = "") -> ExportSummary:
-    """Write `source` (a prefgen JSONL) in `fmt` into directory `to`."""
+    """Write `source` (a prefgen output: JSON Lines, or a `.json` output's array) in `fmt` into directory `to`."""
     directory = Path(to)
     directory.mkdir(parents=True, exist_ok=True)
     name = name or Path(source).name.split(".")[0]
     target = directory / f"{name}.jsonl"
     summary = ExportSummary(target)
-    temp = target.with_name(target.name + ".tmp")
-    with open(temp, "wb") as handle:
-        for _, pair in read_pairs(Path(source)):
+    with atomic_write(target) as handle:
+        for pair in read_output(Path(source)):
             reason = problem(pair)
             if reason:
                 summary.skipped[reason] += 1
                 continue
             handle.write(orjson.dumps(convert(pair, fmt, system), option=orjson.OPT_APPEND_NEWLINE))
             summary.written += 1
-    os.replace(temp, target)
     if fmt in ("llamafactory", "sharegpt"):
         summary.dataset_info = write_dataset_info(directory, name, dataset_info_entry(fmt, target.name, bool(system)))
     return summary
@@ -140,5 +164,6 @@ def write_dataset_info(directory: Path, name: str, entry: dict) -> Path:
     path = directory / "dataset_info.json"
     info = orjson.loads(path.read_bytes()) if path.exists() else {}
     info[name] = entry
-    path.write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2))
+    with atomic_write(path) as handle:  # it holds the user's other datasets' entries too
+        handle.write(orjson.dumps(info, option=orjson.OPT_INDENT_2))
     return path

@@ -1,9 +1,9 @@
-"""`prefgen merge`: combine the per-rank parts of a split run into one JSONL in sample order."""
+"""`prefgen merge`: combine the per-rank parts of a split run into one output in sample order:
+JSON Lines, or one JSON array for a `.json` output."""
 
 from __future__ import annotations
 
 import heapq
-import os
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -11,22 +11,24 @@ import orjson
 
 from prefgen.commit import check_committed
 from prefgen.errors import OutputError
+from prefgen.files.atomic import atomic_write
+from prefgen.files.json_output import write_json_array
 from prefgen.ledger.store import Ledger
-from prefgen.paths import LEDGER_SUFFIX, part_path
+from prefgen.paths import journal_of, ledger_beside, part_path
 
 
 def part_files(output: Path, world_size: int) -> list[tuple[Path, Path]]:
     """(JSONL, ledger) of every rank, refusing when one is missing."""
     parts = []
     for rank in range(world_size):
-        jsonl = part_path(output, rank, world_size)
-        ledger = Path(str(jsonl) + LEDGER_SUFFIX)
+        part = part_path(output, rank, world_size)
+        ledger = ledger_beside(part)
         if not ledger.exists():
             raise OutputError(
                 f"part {rank} of {world_size} is missing: no ledger {ledger}",
                 hint=f"run rank {rank} (prefgen generate ... --rank {rank} --world-size {world_size})",
             )
-        parts.append((jsonl, ledger))
+        parts.append((journal_of(part), ledger))
     return parts
 
 
@@ -69,13 +71,12 @@ def merge_parts(output: str, world_size: int) -> int:
             ledgers.append(ledger)
         streams = [ledger.written_lines(order="sample") for ledger in ledgers]
         merged = heapq.merge(*streams, key=lambda row: (row["sample_index"], row["reject_index"]))
-        temp = target.with_name(target.name + ".merging")
+        lines = (row["line"].encode() for row in merged)
+        if journal_of(target) != target:
+            return write_json_array(target, lines, ".merging")
         count = 0
-        with open(temp, "wb") as handle:
-            for row in merged:
-                handle.write(row["line"].encode())
+        with atomic_write(target, ".merging") as handle:
+            for line in lines:
+                handle.write(line)
                 count += 1
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
     return count

@@ -10,7 +10,6 @@ output appears by rename once every line is done, so a bad line leaves nothing w
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from prefgen.commit import pair_line
 from prefgen.config import CheckPolicy, check_pair_modes
 from prefgen.errors import ConfigError, InputError
 from prefgen.extract import extract_sql
+from prefgen.files.atomic import atomic_write
 from prefgen.files.export import read_pairs
 from prefgen.judge import candidate_role
 from prefgen.pairing import Candidate, SamplePairs, form_pairs
@@ -122,20 +122,16 @@ def judge_group(checker: Checker, policy: CheckPolicy, group: Group) -> list[Can
     return candidates
 
 
-def pair_file(
-    source: str, output: str, policy: CheckPolicy, num_pairs: int, answer: str = "sql", fallback: str = "none"
-) -> PairSummary:
+def pair_file(source: str, output: str, policy: CheckPolicy, num_pairs: int, answer: str, fallback: str) -> PairSummary:
     """Judge every answer of `source` and write the pairs of each record to `output`."""
     check_pair_modes(answer, fallback)
     policy.check()
     if num_pairs < 1:
         raise ConfigError(f"--num-rejects must be at least 1, not {num_pairs}")
-    target = Path(output)
-    temp = target.with_name(target.name + ".pairing")
     summary = PairSummary()
     checker = Checker(policy)
     try:
-        with open(temp, "wb") as handle:
+        with atomic_write(Path(output), ".pairing") as handle:
             for group in groups(source, policy.db_field):
                 candidates = judge_group(checker, policy, group)
                 pairs = form_pairs(candidates, num_pairs, answer, fallback, group.record.output)
@@ -143,12 +139,8 @@ def pair_file(
                 for pair in pairs:
                     handle.write(pair_line(sample, pair))
                 _count(summary, sample)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
     finally:
         checker.close()
-        temp.unlink(missing_ok=True)
     return summary
 
 

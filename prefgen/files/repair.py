@@ -1,38 +1,44 @@
-"""`prefgen repair`: rebuild the JSONL from the ledger, which holds every kept reject's line."""
+"""`prefgen repair`: rebuild the output from the ledger, which holds every kept reject's line
+(for a `.json` output: its JSON Lines journal, then the JSON array from it)."""
 
 from __future__ import annotations
 
-import os
+import hashlib
 from pathlib import Path
 
-from prefgen.commit import hash_range
 from prefgen.errors import LedgerError, OutputError
+from prefgen.files.atomic import atomic_write
+from prefgen.files.json_output import write_json_output
 from prefgen.ledger.store import Ledger
-from prefgen.paths import LEDGER_SUFFIX
+from prefgen.paths import journal_of, ledger_beside, run_output
 from prefgen.runtime.lock import exclusive
 
 
 def repair_output(output: str, ledger_path: str = "") -> int:
     """Rewrite `output` from the ledger (atomically, by rename); return the number of lines."""
-    path = Path(output)
-    ledger_file = Path(ledger_path) if ledger_path else Path(output + LEDGER_SUFFIX)
+    path = run_output(output) if not ledger_path else Path(output)
+    ledger_file = Path(ledger_path) if ledger_path else ledger_beside(path)
     if not ledger_file.exists():
         raise LedgerError(f"{ledger_file}: no such ledger", hint="pass --ledger if it is not next to the output")
-    with exclusive(path), exclusive(ledger_file):
+    journal = journal_of(path)
+    with exclusive(journal), exclusive(ledger_file):
         ledger = Ledger(ledger_file)
         try:
-            return _rebuild(ledger, path)
+            count = _rebuild(ledger, journal)
         finally:
             ledger.close()
+        if journal != path:
+            write_json_output(journal, path)
+    return count
 
 
 def _rebuild(ledger: Ledger, path: Path) -> int:
     base = int(ledger.meta("output_base", "0"))
     committed = int(ledger.meta("output_committed", "0"))
     prefix = _foreign_prefix(path, base)
-    temp = path.with_name(path.name + ".repair")
+    digest = hashlib.sha256()  # of the bytes after the prefix, which the ledger's hash covers
     count, offset = 0, base
-    with open(temp, "wb") as handle:
+    with atomic_write(path, ".repair") as handle:
         handle.write(prefix)
         for row in ledger.written_lines():
             line = row["line"].encode()
@@ -42,14 +48,11 @@ def _rebuild(ledger: Ledger, path: Path) -> int:
                     f"{row['line_offset']}, expected {offset}: the ledger is inconsistent"
                 )
             handle.write(line)
+            digest.update(line)
             offset += len(line)
             count += 1
-        handle.flush()
-        os.fsync(handle.fileno())
-    if offset != committed or hash_range(temp, base, offset).hexdigest() != ledger.meta("output_sha256"):
-        temp.unlink()
-        raise LedgerError("the lines in the ledger do not add up to the committed output; nothing was changed")
-    os.replace(temp, path)
+        if offset != committed or digest.hexdigest() != ledger.meta("output_sha256"):
+            raise LedgerError("the lines in the ledger do not add up to the committed output; nothing was changed")
     return count
 
 

@@ -9,7 +9,6 @@ enough to run again from the start: see docs/benchmarks.md).
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import orjson
 
 from prefgen.config import CheckPolicy
 from prefgen.errors import InputError
+from prefgen.files.atomic import atomic_write
 from prefgen.files.export import read_pairs
 from prefgen.sql.normalize import normalize_sql
 from prefgen.sql.workers import Checker
@@ -42,12 +42,10 @@ def judge_pair(checker: Checker, db_id: str, gold: str, rejected: str) -> Verdic
 def verify_file(pairs: str, output: str, policy: CheckPolicy) -> VerifySummary:
     """Judge every pair of `pairs`; write the kept ones, with their verdict, to `output`."""
     policy.check()
-    target = Path(output)
-    temp = target.with_name(target.name + ".verifying")
     summary = VerifySummary()
     checker = Checker(policy)
     try:
-        with open(temp, "wb") as handle:
+        with atomic_write(Path(output), ".verifying") as handle:
             for number, pair in read_pairs(Path(pairs)):
                 verdict = judge_pair(checker, *_fields(pairs, number, pair, policy.db_field))
                 if verdict.verdict != SAME_AS_GOLD and policy.keeps(verdict):
@@ -56,10 +54,8 @@ def verify_file(pairs: str, output: str, policy: CheckPolicy) -> VerifySummary:
                     handle.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
                 else:
                     summary.dropped[verdict.verdict] += 1
-        os.replace(temp, target)
     finally:
         checker.close()
-        temp.unlink(missing_ok=True)
     return summary
 
 
