@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from prefgen.config import DEFAULT_MAX_ROWS, DEFAULT_TIME_LIMIT
+
 _ALLOWED = {
     sqlite3.SQLITE_SELECT,
     sqlite3.SQLITE_READ,
@@ -55,7 +57,9 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def run_query(conn: sqlite3.Connection, sql: str, time_limit: float = 5.0, max_rows: int = 100_000) -> Outcome:
+def run_query(
+    conn: sqlite3.Connection, sql: str, time_limit: float = DEFAULT_TIME_LIMIT, max_rows: int = DEFAULT_MAX_ROWS
+) -> Outcome:
     """Run one statement with a time limit and a row cap."""
     deadline = time.monotonic() + time_limit
     expired = []

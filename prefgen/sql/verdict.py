@@ -21,6 +21,7 @@ import sqlite3
 from collections import Counter
 from itertools import permutations
 
+from prefgen.config import DEFAULT_MAX_ROWS, DEFAULT_TIME_LIMIT
 from prefgen.sql.execute import Outcome, explain, run_query
 from prefgen.units import EMPTY_RESULTS, EQUIVALENT, EXEC_ERROR, TIMEOUT, UNVERIFIABLE, WRONG_RESULT, Verdict
 
@@ -89,8 +90,8 @@ def judge_execution(
     gold_sql: str,
     candidate_sql: str,
     gold: Outcome | None = None,
-    time_limit: float = 5.0,
-    max_rows: int = 100_000,
+    time_limit: float = DEFAULT_TIME_LIMIT,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> Verdict:
     """The verdict on `candidate_sql` against `gold_sql` (whose outcome may be passed in)."""
     if conn is None:

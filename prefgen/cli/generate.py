@@ -1,0 +1,202 @@
+"""`prefgen generate`: its flags, and what it prints when the run returns."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from prefgen.cli.options import BatchSize, DedupMode, check_options, default, load_config, pair_options
+from prefgen.cli.terminal import EXIT_INCOMPLETE, friendly_errors
+from prefgen.config import DEDUP_MODES, ENGINE_NAMES, PAIR_MODES
+from prefgen.paths import part_path
+
+
+@click.command()
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=load_config,
+    help="YAML file of settings (keys are the flag names); flags override it.",
+)
+@click.option("--base-model", required=True, help="Model directory (or hub id where online).")
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINE_NAMES),
+    default=default("engine"),
+    show_default=True,
+    help="transformers (prefgen's own decode loop) or vllm (pip install 'prefgen[vllm]').",
+)
+@click.option(
+    "--batch-invariant",
+    is_flag=True,
+    default=default("batch_invariant"),
+    help="vllm: the same text whatever the batch (VLLM_BATCH_INVARIANT=1), so a resumed run is byte-identical on GPUs.",
+)
+@click.option(
+    "--max-model-len",
+    type=int,
+    default=default("max_model_len"),
+    help="vllm: context the KV cache is sized for [default: the model's].",
+)
+@click.option(
+    "--gpu-memory-utilization",
+    type=float,
+    default=default("gpu_memory_utilization"),
+    show_default=True,
+    help="vllm: share of GPU memory for weights and KV cache.",
+)
+@click.option("--adapter-path", default=default("adapter_path"), help="PEFT LoRA adapter directory; empty for none.")
+@click.option("--sft-data", required=True, help="Alpaca records: a JSON array (.json) or JSON Lines (.jsonl).")
+@click.option(
+    "--output",
+    required=True,
+    help="JSONL file the pairs are appended to. A .json name gets a JSON array, written when the run "
+    "is complete; the JSONL is then kept beside it as NAME.journal.jsonl.",
+)
+@click.option("--ledger", default=default("ledger"), help="Ledger path [default: OUTPUT.ledger.sqlite].")
+@click.option(
+    "--num-rejects", type=int, default=default("num_rejects"), show_default=True, help="Rejects per sample (< 1000)."
+)
+@click.option(
+    "--dedup-rejects",
+    type=DedupMode(),
+    is_flag=False,
+    flag_value=DEDUP_MODES[0],
+    default=default("dedup_rejects"),
+    help="Do not write a reject equal to an earlier one of the sample: exact text (the default "
+    "when given alone) or sql (equal after SQL normalization).",
+)
+@click.option(
+    "--seed", type=int, default=default("seed"), show_default=True, help="Unit seed = seed + sample*1000 + reject."
+)
+@click.option("--max-new-tokens", type=int, default=default("max_new_tokens"), show_default=True)
+@click.option(
+    "--temperature", type=float, default=default("temperature"), show_default=True, help="0 means greedy decoding."
+)
+@click.option("--top-p", type=float, default=default("top_p"), show_default=True)
+@click.option(
+    "--max-samples",
+    type=int,
+    default=default("max_samples"),
+    show_default=True,
+    help="Use the first N records (0 = all).",
+)
+@click.option(
+    "--batch-size",
+    type=BatchSize(),
+    default=default("batch_size"),
+    show_default=True,
+    help="Rows per generation call, or 'auto' (the largest that fits, backing off on OOM).",
+)
+@click.option(
+    "--max-batch-tokens",
+    type=int,
+    default=default("max_batch_tokens"),
+    show_default=True,
+    help="Bound on rows x (longest prompt + max-new-tokens) per batch (0 = none).",
+)
+@click.option(
+    "--lookahead",
+    type=int,
+    default=default("lookahead"),
+    show_default=True,
+    help="Samples per window in which units are grouped by prompt length (1 = none).",
+)
+@click.option("--device", default=default("device"), show_default=True, help="cuda, cuda:N or cpu.")
+@click.option("--system", default=default("system"), help="Optional system prompt.")
+@click.option(
+    "--overlap/--no-overlap",
+    default=default("overlap"),
+    help="Judge and commit a batch while the next one generates [default: on for CUDA, off on CPU].",
+)
+@click.option(
+    "--rank",
+    type=int,
+    default=default("rank"),
+    envvar="RANK",
+    show_default=True,
+    help="This process's share: samples with index % world-size == rank (set by torchrun).",
+)
+@click.option(
+    "--world-size",
+    type=int,
+    default=default("world_size"),
+    envvar="WORLD_SIZE",
+    show_default=True,
+    help="Number of processes sharing the run (set by torchrun).",
+)
+@click.option(
+    "--max-attempts",
+    type=int,
+    default=default("max_attempts"),
+    help="Keep sampling a sample until it has --num-rejects kept rejects or this many attempts "
+    "[default: --num-rejects, i.e. no further attempts].",
+)
+@click.option(
+    "--db-root",
+    default=default("db_root"),
+    help="Execute gold and rejects against DIR/<db_id>/<db_id>.sqlite and keep only rejects "
+    "with a different result (verdict in the ledger and the JSONL).",
+)
+@check_options
+@click.option(
+    "--exec-workers",
+    type=int,
+    default=default("exec_workers"),
+    help="Processes executing SQL for --db-root [default: min(4, cores/2)].",
+)
+@click.option(
+    "--pairs",
+    type=click.Choice(PAIR_MODES),
+    default=default("pairs"),
+    show_default=True,
+    help="gold: the gold query is chosen; onpolicy: the model's own correct answer is chosen and "
+    "its wrong one rejected (needs --db-root).",
+)
+@pair_options
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@friendly_errors
+def generate(no_progress, **options):
+    """Generate rejects for every SFT record; run it again to resume.
+
+    \b
+    Example:
+      prefgen generate --base-model /models/qwen --sft-data data.json \\
+        --output pairs.jsonl --num-rejects 3 --batch-size 16 --device cuda
+      prefgen generate --config run.yaml --batch-size 4
+    """
+    from prefgen.config import GenerateConfig
+    from prefgen.run import generate as run_generate
+
+    cfg = GenerateConfig(**options)
+    summary = run_generate(cfg, sys.argv, show_progress=not no_progress)
+    counts = ", ".join(f"{status} {n}" for status, n in sorted(summary.counts.items()))
+    if summary.done_now == 0:
+        click.echo(f"Nothing to do: all {summary.total_units} units are already in the ledger ({counts}).")
+    else:
+        click.echo(
+            f"Generated {summary.done_now} units; {summary.done_before + summary.done_now}"
+            f"/{summary.total_units} done ({counts})."
+        )
+    target = part_path(Path(cfg.output), cfg.rank, cfg.world_size)
+    if target != summary.output and summary.finished:
+        from prefgen.files.json_output import write_json_output
+
+        write_json_output(summary.output, target)
+    click.echo(f"Output: {where(target, summary.output, summary.finished)}\nLedger: {summary.ledger}")
+    if not summary.finished:
+        click.echo("Some units could not be generated (oom/error): run the same command again to retry them.", err=True)
+        sys.exit(EXIT_INCOMPLETE)
+
+
+def where(target: Path, journal: Path, finished: bool) -> str:
+    """Where the pairs are: the output, and for a .json output its JSON Lines journal too."""
+    if target == journal:
+        return str(journal)
+    if finished:
+        return f"{target} (a JSON array; its JSON Lines journal: {journal})"
+    return f"{journal} (JSON Lines; {target} is written once the run is complete)"
