@@ -16,7 +16,6 @@ TEMPERATURE ?= 0.7
 TOP_P ?= 0.9
 MAX_SAMPLES ?= 0
 BATCH_SIZE ?= 8
-DEVICE ?= cuda
 SYSTEM ?=
 DEDUP ?= 1
 MAX_ATTEMPTS ?= 0
@@ -26,11 +25,15 @@ TINY_MODEL := runs/tiny-model
 ifeq ($(MODEL),)
 MAX_NEW_TOKENS ?= 64
 DB_ROOT ?= examples/spider_en/db
+# The demo runs on the device that is there: CUDA where torch sees it, else the CPU. Recursively
+# expanded, so torch is asked only when the recipe runs, after the virtual environment is built.
+DEVICE ?= $(shell $(GEN_BIN)/python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
 GEN_MODEL := $(TINY_MODEL)
 GEN_DEPS := $(TINY_MODEL)/config.json
 else
 MAX_NEW_TOKENS ?= 512
 DB_ROOT ?=
+DEVICE ?= cuda
 GEN_MODEL := $(MODEL)
 GEN_DEPS :=
 endif
