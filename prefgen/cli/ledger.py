@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from prefgen.cli.terminal import friendly_errors
+from prefgen.ledger.views import RECENT_MINUTES
 from prefgen.paths import ledger_of
 
 
@@ -47,7 +48,9 @@ def ledger():
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with stable keys (see README).")
 @click.option("--as-config", is_flag=True, help="Print the latest run's settings as a --config YAML file.")
-@click.option("--recent-minutes", type=int, default=10, show_default=True, help="Window of the recent speed.")
+@click.option(
+    "--recent-minutes", type=int, default=RECENT_MINUTES, show_default=True, help="Window of the recent speed."
+)
 @friendly_errors
 def status(path, as_json, as_config, recent_minutes):
     """Progress, speed, ETA, run history and the last error of a run.
