@@ -89,8 +89,8 @@ def scripted_engine(script):
     """Stands in for the model where a test needs chosen SQL answers (the tiny model writes
     random text): unit (sample, attempt) answers `script(sample, attempt)`. Everything after
     generation (judging, execution, commits, resume) is prefgen's real code, and generation
-    goes through the engine boundary's real background batches (prefgen.engines.BatchEngine)."""
-    from prefgen.engines import BatchEngine
+    goes through the engine boundary's real background batches (prefgen.engines.base.BatchEngine)."""
+    from prefgen.engines.base import BatchEngine
     from prefgen.units import Answer
 
     class ScriptedEngine(BatchEngine):

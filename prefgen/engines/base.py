@@ -3,14 +3,18 @@
 An engine takes batches of work units and gives one `Answer` per unit. Each unit is sampled
 with its own seed, so its text never depends on the batch it is in. The run loop is typed
 against `Engine` and never asks which engine it drives; each engine is one module of this
-package (`transformers.py`, `vllm.py`) that implements it.
+package (`transformers.py`, `vllm.py`) that implements it. `BatchEngine` gives `start` and
+`answers` to an engine that generates a whole batch in one call (the transformers engine, and
+the tests' scripted stand-in).
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
+from prefgen.errors import OutOfMemory
 from prefgen.units import Answer, WorkUnit
 
 Backoff = tuple[int, int]  # (rows that ran out of memory, rows retried at once)
@@ -42,3 +46,64 @@ class Engine(Protocol):
 
     def close(self) -> None:
         """Release the engine, its memory and every process it started."""
+
+
+def generate_with_backoff(engine, units: list, rows: list, on_backoff: Callable[[int, int], None]) -> list[tuple]:
+    """(new tokens or None, seconds) per unit; on out-of-memory, halve the batch and retry,
+    down to single rows (None: the unit does not fit alone)."""
+    try:
+        tokens, seconds = engine.generate_tokens(units, rows)
+        return [(new, seconds) for new in tokens]
+    except OutOfMemory:
+        engine.free_memory()
+        if len(units) == 1:
+            return [(None, 0.0)]
+        half = (len(units) + 1) // 2
+        on_backoff(len(units), half)
+        first = generate_with_backoff(engine, units[:half], rows[:half], on_backoff)
+        return first + generate_with_backoff(engine, units[half:], rows[half:], on_backoff)
+
+
+class BatchEngine:
+    """`start` / `answers` for an engine that generates a whole batch in one call: its
+    `generate_tokens(units, prompt rows)` runs in a daemon thread (torch releases the GIL while
+    it computes; a second signal never waits for it), with OOM backoff; prompts are tokenized
+    before, and answers decoded after, in the calling thread (a fast tokenizer must not be used
+    from two threads at once). Subclasses give `prompt_ids`, `prompt_length`, `generate_tokens`,
+    `answer`, and `find_batch_size` where they can measure their memory."""
+
+    overlap_default = False
+
+    def start(self, units: list[WorkUnit]) -> Future:
+        """Begin generating one batch in a background thread."""
+        future: Future = Future()
+        rows = [self.prompt_ids(unit) for unit in units]
+
+        def work() -> None:
+            backoffs: list[Backoff] = []
+            try:
+                results = generate_with_backoff(self, units, rows, lambda count, half: backoffs.append((count, half)))
+            except BaseException as exc:  # handed to the run loop's thread, which raises it
+                future.set_exception(exc)
+            else:
+                future.set_result((rows, results, backoffs))
+
+        threading.Thread(target=work, name="prefgen-generate", daemon=True).start()
+        return future
+
+    def answers(self, units: list[WorkUnit], future: Future) -> tuple[list[Answer], list[Backoff]]:
+        """Wait for a started batch and decode its answers, in the calling thread."""
+        rows, results, backoffs = future.result()
+        answers = [self.answer(row, new, seconds) for row, (new, seconds) in zip(rows, results, strict=True)]
+        return answers, backoffs
+
+    def find_batch_size(self, prompt_length: int) -> int:
+        """`--batch-size auto` for an engine that cannot measure its memory: one row at a time,
+        which always fits."""
+        return 1
+
+    def free_memory(self) -> None:
+        """Release cached device memory after an out-of-memory error."""
+
+    def close(self) -> None:
+        """Release the engine (nothing to do for an in-process model)."""

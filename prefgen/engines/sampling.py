@@ -2,9 +2,9 @@
 
 This module knows nothing about records, prompts or tokenizers. HF `generate` samples from
 torch's global generator, so a row's text would depend on its neighbours in the batch. Instead
-the processor below draws each row's token itself (temperature, top-p, then Gumbel-max) with
-noise from a counter-based hash of (row seed, step, token id), and hands greedy decoding a
-one-hot score. The hash is plain integer tensor arithmetic: one vectorised op for the whole
+the transformers engine's decode loop calls `choose_tokens`, which draws each row's token
+itself (temperature, top-p, then Gumbel-max) with noise from a counter-based hash of (row seed,
+step, token id). The hash is plain integer tensor arithmetic: one vectorised op for the whole
 batch, identical on CPU and GPU, with no per-row generator state to carry.
 
 Changing the noise function changes every sampled text: keep NOISE_VERSION in the ledger.
@@ -66,25 +66,3 @@ def choose_tokens(
     gumbel = -torch.log(-torch.log(uniform_noise(seeds, step, logits.shape[-1])))
     return (filtered.to(torch.float64) + gumbel).argmax(dim=-1)
 
-
-class SeededSampler:
-    """A transformers logits processor that samples each row with its own seed.
-
-    `prompt_width` is the padded prompt length of the batch, so the step counter is the same
-    for a unit whatever batch it is in. Used with `do_sample=False`: the returned scores are
-    0 for the chosen token and -inf elsewhere.
-    """
-
-    def __init__(self, seeds: list[int], prompt_width: int, temperature: float, top_p: float):
-        self.seeds = torch.tensor(seeds, dtype=torch.int64)
-        self.prompt_width = prompt_width
-        self.temperature = temperature
-        self.top_p = top_p
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        step = input_ids.shape[1] - self.prompt_width
-        seeds = self.seeds.to(scores.device)
-        chosen = choose_tokens(scores, seeds, step, self.temperature, self.top_p)
-        out = torch.full_like(scores, float("-inf"))
-        out.scatter_(1, chosen[:, None], 0.0)
-        return out

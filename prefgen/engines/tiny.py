@@ -70,7 +70,7 @@ def build_tiny_model(directory: str | Path, seed: int = 0, hidden: int = 64, lay
     import torch
     from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
 
-    from prefgen.engines.transformers import quiet_transformers
+    from prefgen.engines.loading import quiet_transformers
 
     quiet_transformers()
     directory = Path(directory)

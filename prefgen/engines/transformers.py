@@ -1,8 +1,9 @@
 """The transformers engine (`--engine transformers`, the default): load the model (and LoRA
-adapter) and generate a batch of units with prefgen's own decode loop.
+adapter, through engines/loading.py) and generate a batch of units with prefgen's own decode
+loop, each row sampled with its own seed (engines/sampling.py).
 
-It imports torch, transformers and peft inside the functions that need them, so importing
-prefgen (and every other CLI command) stays instant.
+It imports torch and transformers inside the functions that need them, so importing prefgen
+(and every other CLI command) stays instant.
 """
 
 from __future__ import annotations
@@ -10,13 +11,21 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 
-from prefgen.config import GenerateConfig, resolve_model_ref
-from prefgen.engines import BatchEngine, TokenizerSide, check_model_ref, eos_token_ids
+from prefgen.config import GenerateConfig
+from prefgen.engines.base import BatchEngine
+from prefgen.engines.loading import (
+    TokenizerSide,
+    attach_adapter,
+    check_model_ref,
+    eos_token_ids,
+    load_model,
+    load_tokenizer,
+    quiet_transformers,
+)
 from prefgen.errors import ModelError, OutOfMemory
 from prefgen.runtime.faults import fault_point
-from prefgen.units import Answer, WorkUnit
+from prefgen.units import WorkUnit
 
 log = logging.getLogger("prefgen")
 
@@ -36,114 +45,12 @@ def pick_device(requested: str) -> str:
     return requested
 
 
-def quiet_transformers() -> None:
-    """Keep transformers' own progress bars and advice out of prefgen's output."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
-def load_tokenizer(ref: str):
-    """The tokenizer, left-padded for batched generation."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(ref, padding_side="left")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_model(ref: str, device: str, dtype: str = ""):
-    """The base model: bf16 with device_map on CUDA, float32 on CPU (or the dtype given)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    if device.startswith("cuda"):
-        device_map = "auto" if device == "cuda" else {"": device}
-        return AutoModelForCausalLM.from_pretrained(ref, dtype=dtype or torch.bfloat16, device_map=device_map)
-    return AutoModelForCausalLM.from_pretrained(ref, dtype=dtype or torch.float32).to(device)
-
-
-def attach_adapter(model, adapter_path: str):
-    """Apply and merge a PEFT LoRA adapter; a path that does not exist warns and is skipped."""
-    if not adapter_path:
-        return model, False
-    if not Path(adapter_path).expanduser().exists():
-        log.warning("adapter %s does not exist: continuing with the base model alone", adapter_path)
-        return model, False
-    from peft import PeftModel
-
-    try:
-        peft_model = PeftModel.from_pretrained(model, adapter_path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelError(f"cannot load the adapter {adapter_path}: {exc}") from exc
-    # Merged weights make each decode step as cheap as the base model's.
-    return peft_model.merge_and_unload(), True
-
-
 def cache_keyword(model) -> str:
     """The keyword the model's forward takes its KV cache by: `cache` where transformers has
     renamed `past_key_values` (deprecated there, and due to go), `past_key_values` before."""
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-MERGED_CACHE_VAR = "PREFGEN_MERGED_CACHE"  # where merged adapters are kept [~/.cache/prefgen/merged]
-
-
-def merged_cache_root() -> Path:
-    default = Path.home() / ".cache" / "prefgen" / "merged"
-    return Path(os.environ.get(MERGED_CACHE_VAR) or default).expanduser()
-
-
-def merge_key(base: str, adapter: str) -> str:
-    """Names a merged model: the base (its path, configs, and weight files by name and size)
-    and the adapter (its files' bytes)."""
-    import hashlib
-
-    digest = hashlib.sha256(resolve_model_ref(base).encode())
-    base_dir = Path(base).expanduser()
-    if base_dir.is_dir():
-        for path in sorted(base_dir.iterdir()):
-            if path.suffix == ".json":
-                digest.update(path.name.encode() + path.read_bytes())
-            elif path.is_file():
-                digest.update(f"{path.name}:{path.stat().st_size}".encode())
-    for path in sorted(p for p in Path(adapter).expanduser().rglob("*") if p.is_file()):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:20]
-
-
-def merged_model(base: str, adapter: str) -> tuple[str, bool]:
-    """A model directory with the adapter merged into the base, built once and cached (other
-    processes wait for the one building it); without an adapter, the base itself."""
-    import fcntl
-    import shutil
-
-    if not adapter:
-        return base, False
-    if not Path(adapter).expanduser().exists():
-        log.warning("adapter %s does not exist: continuing with the base model alone", adapter)
-        return base, False
-    root = merged_cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / merge_key(base, adapter)
-    with open(root / f"{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / "config.json").exists():
-            log.info("merging the adapter %s into %s (once: later runs reuse it)", adapter, target)
-            building = root / f"{target.name}.building"
-            shutil.rmtree(building, ignore_errors=True)
-            try:
-                model, _ = attach_adapter(load_model(base, "cpu", dtype="auto"), adapter)
-                model.save_pretrained(building)
-                load_tokenizer(base).save_pretrained(building)
-            except (OSError, ValueError) as exc:
-                raise ModelError(f"cannot merge the adapter {adapter} into {base}: {exc}") from exc
-            os.replace(building, target)
-    return str(target), True
 
 
 def reserved_layer(extra: int):
@@ -216,12 +123,6 @@ class HFEngine(BatchEngine, TokenizerSide):
             ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
             mask[i, width - len(row) :] = 1
         return ids.to(self.model.device), mask.to(self.model.device)
-
-    def generate(self, units: list[WorkUnit]) -> list[Answer]:
-        """Generate one answer per unit; raises OutOfMemory when the batch does not fit."""
-        rows = [self.prompt_ids(u) for u in units]
-        tokens, seconds = self.generate_tokens(units, rows)
-        return [self.answer(row, new, seconds) for row, new in zip(rows, tokens, strict=True)]
 
     def generate_tokens(self, units: list[WorkUnit], rows: list[list[int]]) -> tuple[list[list[int]], float]:
         """The new tokens of each unit, given its prompt's token ids, and the seconds per unit.

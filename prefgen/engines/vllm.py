@@ -13,7 +13,7 @@ seeds, generated with vLLM's paged attention, prefix caching and continuous batc
 - The engine runs inside prefgen's process (no engine process of its own: a Ctrl-C reaches
   prefgen alone, which stops after committing); whatever processes vLLM still starts die
   with the run through prefgen.runtime.processes, even under kill -9.
-- A LoRA adapter is merged once into a cached model directory (engines/hf.py): vLLM's own
+- A LoRA adapter is merged once into a cached model directory (engines/loading.py): vLLM's own
   LoRA for MoE models needs Triton kernels its CPU build lacks, and merged weights decode as
   fast as the base model.
 - A prompt longer than the engine's context is answered `too_long` rather than sent.
@@ -34,7 +34,14 @@ from collections import deque
 from concurrent.futures import Future
 
 from prefgen.config import GenerateConfig
-from prefgen.engines import TokenizerSide, check_model_ref, eos_token_ids
+from prefgen.engines.loading import (
+    TokenizerSide,
+    check_model_ref,
+    eos_token_ids,
+    load_tokenizer,
+    merged_model,
+    quiet_transformers,
+)
 from prefgen.errors import ModelError
 from prefgen.runtime.faults import fault_point
 from prefgen.units import Answer
@@ -106,6 +113,7 @@ def _tail(capture, lines: int = 8) -> str:
 
 
 def import_vllm():
+    """vLLM's classes the engine needs (imported here: a run without vLLM never loads it)."""
     try:
         import vllm  # noqa: F401
     except ImportError as exc:
@@ -118,7 +126,8 @@ def import_vllm():
 
 
 class VLLMEngine(TokenizerSide):
-    """A vLLM engine driven by one thread; `start` hands it a batch, `answers` waits for it."""
+    """A vLLM engine driven by one thread; `start` hands it a batch, `answers` waits for it
+    (an `Engine` of engines/base.py)."""
 
     overlap_default = True
 
@@ -143,6 +152,7 @@ class VLLMEngine(TokenizerSide):
         return self.max_running
 
     def params(self, unit, prompt_length: int):
+        """The unit's sampling parameters: its own seed, its new tokens capped by the context."""
         cfg = self.cfg
         return self.sampling_params(
             n=1,
@@ -171,6 +181,7 @@ class VLLMEngine(TokenizerSide):
         return future
 
     def answers(self, units: list, future: Future) -> tuple[list[Answer], list]:
+        """Wait for a started batch: one Answer per unit (vLLM makes no out-of-memory backoffs)."""
         rows, results = future.result()
         answers = []
         for row, result in zip(rows, results, strict=True):
@@ -261,6 +272,7 @@ class Batch:
 
 
 def engine_args(EngineArgs, cfg: GenerateConfig, model: str, device: str):
+    """The vLLM engine's arguments for this run's settings and device."""
     options = dict(
         model=model,
         tokenizer=model,
@@ -283,6 +295,7 @@ def engine_args(EngineArgs, cfg: GenerateConfig, model: str, device: str):
 
 
 def start_engine(EngineArgs, LLMEngine, cfg: GenerateConfig, model: str, device: str, said):
+    """Start vLLM's engine; a start that fails is a ModelError quoting vLLM's last error lines."""
     try:
         return LLMEngine.from_engine_args(engine_args(EngineArgs, cfg, model, device))
     except (ValueError, RuntimeError, MemoryError) as exc:
@@ -297,7 +310,6 @@ def start_engine(EngineArgs, LLMEngine, cfg: GenerateConfig, model: str, device:
 
 def load(cfg: GenerateConfig) -> VLLMEngine:
     """Start vLLM on the model (merged with the adapter, if any) and load the tokenizer."""
-    from prefgen.engines.transformers import load_tokenizer, merged_model, quiet_transformers
     from prefgen.runtime.processes import guard_children
 
     if importlib.util.find_spec("vllm") is None:  # before anything is changed

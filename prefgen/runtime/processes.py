@@ -1,11 +1,13 @@
-"""Processes a run starts die with it, even when the run is killed with SIGKILL.
+"""Every process a run starts dies with it, even when the run is killed with SIGKILL.
 
-`guard_children()` puts a token into this process's environment, which every process it
-starts from then on inherits, however deep (an inference engine's core and workers, their
-compile workers, SQL workers), and starts a watcher in a session of its own (so Ctrl-C at the
-terminal does not reach it). When this process ends, by return or by kill -9, the watcher
-kills every process still carrying the token, then exits. Nothing is left behind holding
-memory (on a GPU, a resumed run would otherwise run out of it).
+This is prefgen's one reaper. `guard_children()` puts a token into this process's environment,
+which every process it starts from then on inherits, however deep: the verdict workers of
+`--db-root` (sql/workers.py calls it before starting them) and whatever the vLLM engine starts
+(engines/vllm.py calls it before starting the engine), their compile workers and trackers.
+It also starts a watcher in a session of its own (so Ctrl-C at the terminal does not reach
+it). When this process ends, by return or by kill -9, the watcher kills every process still
+carrying the token, then exits. Nothing is left behind holding memory or a GPU (a resumed run
+would otherwise run out of it).
 
 Run as `python -m prefgen.runtime.processes PID TOKEN`, this module is the watcher.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 
 TOKEN_VAR = "PREFGEN_RUN_TOKEN"
 POLL_SECONDS = 0.2
+_watcher: subprocess.Popen | None = None  # kept: a collected Popen of a live process warns
 
 
 def guard_children() -> str:
@@ -30,9 +33,10 @@ def guard_children() -> str:
     token = os.environ.get(TOKEN_VAR, "")
     if token.startswith(f"{os.getpid()}-"):
         return token
+    global _watcher
     token = f"{os.getpid()}-{secrets.token_hex(8)}"
     env = {k: v for k, v in os.environ.items() if k != TOKEN_VAR}
-    subprocess.Popen(
+    _watcher = subprocess.Popen(
         [sys.executable, "-m", "prefgen.runtime.processes", str(os.getpid()), token],
         env=env,
         start_new_session=True,

@@ -14,6 +14,7 @@ from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
 
 from prefgen.config import CheckPolicy
 from prefgen.errors import CheckError
+from prefgen.runtime.processes import guard_children
 from prefgen.sql.execute import connect, database_path, run_query
 from prefgen.sql.verdict import judge_execution
 from prefgen.units import Verdict
@@ -57,34 +58,12 @@ class Checker:
 _worker_checker: Checker | None = None
 
 
-def _die_with(parent: int) -> None:
-    """End this worker when the generating process dies, even by SIGKILL: at once where Linux
-    offers a parent-death signal, and within a second by watching the parent otherwise."""
-    import ctypes
-    import threading
-    import time
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (AttributeError, OSError):
-        pass
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    if os.getppid() != parent:
-        os._exit(1)
-    threading.Thread(target=watch, name="prefgen-parent-watch", daemon=True).start()
-
-
-def _start_worker(policy: CheckPolicy, parent: int) -> None:
+def _start_worker(policy: CheckPolicy) -> None:
     global _worker_checker
-    # Ctrl-C and SIGTERM go to the whole process group: the parent decides when to stop.
+    # Ctrl-C and SIGTERM go to the whole process group: the parent decides when to stop (and
+    # if it is killed, prefgen.runtime.processes ends this worker with it).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _die_with(parent)
     _worker_checker = Checker(policy)
 
 
@@ -108,18 +87,20 @@ def _died(exc: BaseException) -> CheckError:
 
 
 class CheckerPool:
-    """Checkers in worker processes (spawned, never forked from a process running torch)."""
+    """Checkers in worker processes (spawned, never forked from a process running torch), which
+    die with the run, even when it is killed with SIGKILL."""
 
     def __init__(self, policy: CheckPolicy, workers: int = 0):
         import multiprocessing
 
+        guard_children()  # before the workers start: they inherit the run's token
         self.policy = policy
         self.workers = workers or default_workers()
         self.executor = ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
-            initargs=(policy, os.getpid()),
+            initargs=(policy,),
         )
         # start the workers now (they spawn on demand), so they are up before the first batch
         for _ in range(self.workers):
