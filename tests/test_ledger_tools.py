@@ -189,8 +189,13 @@ def test_status_while_a_run_writes_is_consistent_and_does_not_block(workdir, tin
         fault="before_generate:sleep@4",  # batches 1 and 2 committed, batch 3 generating, then a pause
     )
     try:
+        # the lines reach the file just before their units reach the ledger: wait for both
         deadline = time.time() + 120
-        while time.time() < deadline and not (out.exists() and len(read_jsonl(out)) == 4):
+        while time.time() < deadline and not (
+            out.exists()
+            and len(read_jsonl(out)) == 4
+            and query(ledger, "select count(*) as n from units") == [{"n": 4}]
+        ):
             time.sleep(0.2)
         started = time.time()
         data = orjson.loads(run_cli(["ledger", "status", ledger, "--json"]).output)
