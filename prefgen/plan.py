@@ -13,12 +13,16 @@ def unit_seed(seed: int, sample_index: int, reject_index: int) -> int:
     return seed + sample_index * MAX_REJECTS + reject_index
 
 
+def attempt_units(record: Record, attempts: Iterable[int], seed: int) -> list[WorkUnit]:
+    """The units of these attempts of one record, each with its seed."""
+    return [WorkUnit(record, attempt, unit_seed(seed, record.index, attempt)) for attempt in attempts]
+
+
 def plan_units(records: Iterable[Record], num_rejects: int, seed: int) -> Iterator[WorkUnit]:
     """Yield every unit of every record, in (sample_index, reject_index) order."""
     check_num_rejects(num_rejects)
     for record in records:
-        for reject_index in range(num_rejects):
-            yield WorkUnit(record, reject_index, unit_seed(seed, record.index, reject_index))
+        yield from attempt_units(record, range(num_rejects), seed)
 
 
 def shard(records: Iterable[Record], rank: int, world_size: int) -> Iterator[Record]:

@@ -1,12 +1,13 @@
 """`prefgen generate`: drive the flow from records to committed units, resumably.
 
 records -> plan -> skip what the ledger has -> batch -> generate (an engine: transformers or
-  vLLM, behind prefgen.engines' interface) -> extract/judge -> (with --db-root) execution
+  vLLM, behind prefgen.engines.base.Engine) -> extract/judge -> (with --db-root) execution
   verdicts in worker processes -> (with --pairs onpolicy) pairs of completed samples -> commit
 
-Three things overlap: a batch generates (in the engine's background thread) while the batch
-before it is judged and its SQL executed (in worker processes), and batches whose verdicts are
-in are committed, always in batch order. The run loop never asks which engine it drives.
+This module is the driver: open the ledger and the output, reconcile them with the input,
+plan what is pending, load the engine, feed batches to the commit pipeline (pipeline.py: a
+batch generates while the one before it is judged and committed), and summarise. Which
+attempts a sample needs is attempts.py's rule. The run loop never asks which engine it drives.
 """
 
 from __future__ import annotations
@@ -15,32 +16,30 @@ import contextlib
 import logging
 import os
 import signal
-from collections import deque
-from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain, islice
 from pathlib import Path
 from typing import Iterator
 
-from prefgen.batching import batches, window_start
-from prefgen.commit import OutputJournal, unit_row
+from prefgen.batching import batches
+from prefgen.commit import OutputJournal
 from prefgen.config import GenerateConfig
+from prefgen.engines.base import Engine
 from prefgen.errors import Interrupted, OutputError
-from prefgen.judge import judge_batch, with_verdict
 from prefgen.ledger.store import Ledger
-from prefgen.pairing import SamplePairs, candidate_from_row, form_pairs, model_pairs
-from prefgen.pending import further_attempts, pending_units, scan_records, unresolved_attempts, written_count
-from prefgen.plan import plan_units, shard, unit_seed
+from prefgen.pending import pending_units, scan_records
+from prefgen.pipeline import CommitPipeline, OpenSamples, attempt_rule
+from prefgen.plan import plan_units, shard
 from prefgen.records import iter_records, require_string_field
 from prefgen.runtime.faults import fault_point
 from prefgen.runtime.lock import exclusive
-from prefgen.units import CANDIDATE, RETRIED_STATUSES, WRITTEN, WorkUnit
+from prefgen.units import RETRIED_STATUSES, WorkUnit
 
 log = logging.getLogger("prefgen")
 
 AUTO_PROBE_RECORDS = 64  # --batch-size auto sizes batches for the longest of the first records
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-VERDICT_BACKLOG = 2  # batches judged but waiting for execution verdicts before we wait for them
 
 
 @dataclass
@@ -104,6 +103,7 @@ class StopSignals:
 
 @contextlib.contextmanager
 def progress_bar(total: int, initial: int, enabled: bool) -> Iterator:
+    """The run's progress bar over all its units (tqdm; disabled by --no-progress)."""
     from tqdm import tqdm
 
     with tqdm(
@@ -118,7 +118,36 @@ def progress_bar(total: int, initial: int, enabled: bool) -> Iterator:
         yield bar
 
 
-def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True, engine=None) -> Summary:
+def advance(bar, summary: Summary, units: int, added: int) -> None:
+    """Count a commit on the progress bar; further attempts it planned add to the total."""
+    bar.update(units)
+    if added:
+        summary.total_units += added
+        bar.total += added
+        bar.refresh()
+
+
+class BatchRows:
+    """Rows per batch: --batch-size, or for `auto` the size found at start-up, lowered after an
+    out-of-memory backoff to the size that was retried, so that later batches start there."""
+
+    def __init__(self, ledger: Ledger, run_id: int, rows: int, auto: bool):
+        self.ledger, self.run_id, self.rows, self.auto = ledger, run_id, rows, auto
+
+    def __call__(self) -> int:
+        return self.rows
+
+    def backoff(self, rows: int, half: int) -> None:
+        """An out-of-memory backoff from `rows` to `half` rows at once: warn and record it."""
+        log.warning("out of memory with %d rows: retrying as batches of %d", rows, half)
+        detail = {"rows": rows, "retry_rows": half}
+        if self.auto and half < self.rows:
+            self.rows = half  # auto: later batches start at the size that fits
+            detail["batch_size"] = half
+        self.ledger.record_event(self.run_id, "oom_backoff", detail)
+
+
+def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True, engine: Engine | None = None) -> Summary:
     """Run (or resume) generation as `cfg` asks. Library errors are PrefgenError subclasses.
 
     `engine` is an already loaded Engine to use instead of loading the model (benchmarks).
@@ -136,23 +165,18 @@ def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True, e
 
 
 class GenerateRun:
-    """One process's run over its ledger: reconcile, plan, then generate batch after batch."""
+    """One process's run over its ledger: reconcile, plan, load the engine, loop, summarise."""
 
     def __init__(self, cfg: GenerateConfig, ledger: Ledger, stop: StopSignals, show_progress: bool):
         self.cfg, self.ledger, self.stop, self.show_progress = cfg, ledger, stop, show_progress
         self.journal = OutputJournal(ledger, cfg.output_path, cfg.db_field)
         self.policy = cfg.check_policy()
-        self.checker = None  # CheckerPool with --db-root
-        self.run_id = 0
-        self.batch_limit = 1
-        self.overlap = False
-        self.engine = None
+        self.rule = attempt_rule(cfg)
         self.kept: dict[int, set[str]] = {}  # sample -> its candidates' SQL, for --dedup-rejects
-        self.waiting: deque = deque()  # judged batches waiting for their verdicts, in order
-        self.open_samples: dict[int, list] = {}  # --max-attempts: sample -> [record, units in flight]
-        self.followups: deque[WorkUnit] = deque()  # --max-attempts: further attempts to make
+        self.run_id = 0
 
     def records(self):
+        """This process's records of the input, checked for --db-field when SQL is executed."""
         cfg = self.cfg
         records = shard(iter_records(cfg.sft_data, cfg.max_samples), cfg.rank, cfg.world_size)
         if self.policy:
@@ -163,53 +187,17 @@ class GenerateRun:
     def counts(self) -> dict[str, int]:
         return self.ledger.status_counts(max_sample=self.cfg.max_samples or None)
 
-    def pending(self) -> Iterator[WorkUnit]:
-        """The units still to generate; fills self.kept (for --dedup-rejects) as it goes."""
-        cfg = self.cfg
-        return pending_units(
-            self.records(),
-            self.ledger,
-            cfg.num_rejects,
-            cfg.seed,
-            self.kept,
-            cfg.dedup_rejects,
-            cfg.attempts,
-            self.kept_count,
-            self.wave,
-        )
-
-    @property
-    def wave(self) -> int:
-        """On-policy: further attempts in waves of --num-rejects (see resume.further_attempts)."""
-        return self.cfg.num_rejects if self.cfg.onpolicy else 0
-
-    def kept_count(self, rows: list[dict]) -> int:
-        """What a sample's units give towards --num-rejects: written rejects, or on-policy pairs."""
-        if self.cfg.onpolicy:
-            return model_pairs([candidate_from_row(row) for row in rows], self.cfg.num_rejects)
-        return written_count(rows)
-
-    def execute(self, argv: list[str], engine=None) -> Summary:
+    def execute(self, argv: list[str], engine: Engine | None = None) -> Summary:
+        """Reconcile, then generate what is pending (if anything) as one run in the ledger."""
         cfg, ledger = self.cfg, self.ledger
         ledger.check_fingerprint(cfg.fingerprint())
         if self.policy:
             self.policy.check()
         self.journal.open()
         try:
-            samples = scan_records(self.records(), ledger)
-            meta = {
-                "samples_total": str(samples),
-                "num_rejects": str(cfg.num_rejects),
-                "max_attempts": str(cfg.attempts),
-            }
-            with ledger.db.atomic():
-                ledger.set_meta(meta)
-            counts = self.counts()
-            done_before = sum(n for status, n in counts.items() if status not in RETRIED_STATUSES)
-            total = samples * cfg.num_rejects + ledger.further_attempts(cfg.num_rejects, cfg.max_samples or None)
-            summary = Summary(total, done_before, 0, counts, cfg.output_path, cfg.ledger_path)
-            units = self.pending()  # one pass: its first unit tells whether there is work
-            first = next(units, None)
+            summary = self.reconcile()
+            units = pending_units(self.records(), ledger, self.rule, cfg.seed, self.kept, cfg.dedup_rejects)
+            first = next(units, None)  # one pass: its first unit tells whether there is work
             if first is None:
                 return summary
             self.run_id = ledger.start_run(cfg.settings(), argv)
@@ -227,7 +215,20 @@ class GenerateRun:
         finally:
             self.journal.close()
 
-    def load(self, engine=None):
+    def reconcile(self) -> Summary:
+        """Check every record against the ledger, record the input's totals, count what is done."""
+        cfg, ledger = self.cfg, self.ledger
+        samples = scan_records(self.records(), ledger)
+        meta = {"samples_total": str(samples), "num_rejects": str(cfg.num_rejects), "max_attempts": str(cfg.attempts)}
+        with ledger.db.atomic():
+            ledger.set_meta(meta)
+        counts = self.counts()
+        done_before = sum(n for status, n in counts.items() if status not in RETRIED_STATUSES)
+        total = samples * cfg.num_rejects + ledger.further_attempts(cfg.num_rejects, cfg.max_samples or None)
+        return Summary(total, done_before, 0, counts, cfg.output_path, cfg.ledger_path)
+
+    def load(self, engine: Engine | None = None) -> Engine:
+        """The engine (loaded now, unless given), recorded in the ledger."""
         if engine is None:
             from prefgen.engines import load_engine
 
@@ -241,15 +242,7 @@ class GenerateRun:
         self.stop.check()
         return engine
 
-    def on_backoff(self, rows: int, half: int) -> None:
-        log.warning("out of memory with %d rows: retrying as batches of %d", rows, half)
-        detail = {"rows": rows, "retry_rows": half}
-        if self.cfg.batch_size == "auto" and half < self.batch_limit:
-            self.batch_limit = half  # auto: later batches start at the size that fits
-            detail["batch_size"] = half
-        self.ledger.record_event(self.run_id, "oom_backoff", detail)
-
-    def choose_batch_size(self, engine) -> int:
+    def choose_batch_size(self, engine: Engine) -> int:
         """`--batch-size`, or for `auto` the largest that fits the longest of the first prompts."""
         if self.cfg.batch_size != "auto":
             return self.cfg.batch_size
@@ -260,175 +253,61 @@ class GenerateRun:
         self.ledger.record_event(self.run_id, "batch_size_auto", {"rows": rows, "prompt_tokens": longest})
         return rows
 
-    def run_batches(self, summary: Summary, units: Iterator[WorkUnit], engine=None) -> int:
-        """Generate batch after batch; while one batch generates (in a background thread), the
-        previous one is judged, checked and committed here, in order."""
+    def run_batches(self, summary: Summary, units: Iterator[WorkUnit], engine: Engine | None = None) -> int:
+        """Load the engine and generate batch after batch through the commit pipeline; return
+        the units committed. Whatever happens, no engine thread is left running, and the
+        processes this run started (an engine it loaded, the verdict workers) are closed."""
         cfg = self.cfg
-        self.summary = summary
-        self.done, self.in_flight = 0, None
         owned = engine is None  # an engine this run loads, it closes (with its processes, if any)
+        checker = pipeline = loaded = None
         if self.policy:  # the workers start while the model loads
             from prefgen.sql.workers import CheckerPool
 
-            self.checker = CheckerPool(self.policy, cfg.exec_workers)
+            checker = CheckerPool(self.policy, cfg.exec_workers)
         try:
-            self.engine = engine = self.load(engine)
-            self.batch_limit = self.choose_batch_size(engine)
-            self.overlap = cfg.overlap if cfg.overlap is not None else engine.overlap_default
-            with progress_bar(summary.total_units, summary.done_before, self.show_progress) as self.bar:
-                while True:
-                    for batch in batches(
-                        self.tracked(units),
-                        lambda: self.batch_limit,
-                        cfg.max_batch_tokens,
-                        cfg.lookahead,
-                        engine.prompt_length,
-                        cfg.max_new_tokens,
-                    ):
-                        self.step(engine, batch)
-                    self.settle(drain=True)
-                    if not self.followups:
-                        break
-                    units = iter(())  # only the further attempts the last commits asked for
-        except Interrupted as exc:
-            if not exc.immediate:
-                wait_quietly(self.in_flight)
-            raise
-        except BaseException:
-            wait_quietly(self.in_flight)  # never leave torch running in a thread at exit
+            loaded = self.load(engine)
+            rows = BatchRows(self.ledger, self.run_id, self.choose_batch_size(loaded), cfg.batch_size == "auto")
+            overlap = cfg.overlap if cfg.overlap is not None else loaded.overlap_default
+            with progress_bar(summary.total_units, summary.done_before, self.show_progress) as bar:
+                samples = OpenSamples(cfg, self.ledger, self.rule)
+                pipeline = CommitPipeline(
+                    cfg,
+                    loaded,
+                    self.journal,
+                    self.run_id,
+                    samples,
+                    self.kept,
+                    checker,
+                    on_backoff=rows.backoff,
+                    on_commit=partial(advance, bar, summary),
+                )
+                self.loop(pipeline, units, rows, overlap)
+        except BaseException as exc:
+            if pipeline and not (isinstance(exc, Interrupted) and exc.immediate):
+                pipeline.wait_quietly()  # a second signal stops at once; otherwise never leave torch running
             raise
         finally:
-            if self.checker:
-                self.checker.close()
-            if owned and self.engine is not None:
-                self.engine.close()
-        return self.done
+            if checker:
+                checker.close()
+            if owned and loaded is not None:
+                loaded.close()
+        return pipeline.done
 
-    def tracked(self, units):
-        """The pending units, with further attempts (--max-attempts) slipped in as they are
-        planned; counts each sample's units in flight."""
-        track = self.cfg.attempts > self.cfg.num_rejects
-        for unit in units:
-            while self.followups:
-                yield self.followups.popleft()
-            if track:
-                self.open_samples.setdefault(unit.sample_index, [unit.record, 0])[1] += 1
-            yield unit
-        while self.followups:
-            yield self.followups.popleft()
-
-    def step(self, engine, batch: list) -> None:
-        """Start generating `batch`; while it generates, judge and commit the batch before it."""
-        fault_point("before_generate")
-        previous, self.in_flight = self.in_flight, (batch, engine.start(batch))
-        if previous:
-            self.finish(*previous)
-        if not self.overlap or self.stop.received is not None:
-            # a stop waits for the batch in flight and commits everything first
-            self.settle(drain=self.stop.received is not None)
-            self.stop.check()
-
-    def settle(self, drain: bool = False) -> None:
-        """Judge the batch in flight, if any; with `drain`, commit every judged batch."""
-        if self.in_flight:
-            in_flight, self.in_flight = self.in_flight, None
-            self.finish(*in_flight)
-        if drain:
-            self.commit_ready(backlog=0)
-
-    def finish(self, batch: list, future: Future) -> None:
-        """Wait for a batch's answers, then judge it, and start its SQL executing."""
-        answers, backoffs = self.engine.answers(batch, future)
-        for count, half in backoffs:
-            self.on_backoff(count, half)
-        judged = judge_batch(batch, answers, self.kept, self.cfg.dedup_rejects, self.cfg.onpolicy)
-        verdicts = [self.submit_check(item) for item in judged] if self.checker else []
-        self.waiting.append((judged, verdicts))
-        first = window_start(batch[0].sample_index, self.cfg.lookahead)
-        for sample in [s for s in self.kept if s < first and s not in self.open_samples]:
-            del self.kept[sample]  # samples of finished windows: keeps memory bounded
-        self.commit_ready(backlog=VERDICT_BACKLOG)
-
-    def submit_check(self, item) -> Future | None:
-        if item.status not in (WRITTEN, CANDIDATE):
-            return None
-        record = item.unit.record
-        return self.checker.submit(record.fields[self.cfg.db_field], record.output, item.sql)
-
-    def commit_ready(self, backlog: int) -> None:
-        """Commit, in order, the judged batches whose verdicts are in, waiting for the oldest
-        while more than `backlog` batches are waiting."""
-        while self.waiting:
-            judged, verdicts = self.waiting[0]
-            if len(self.waiting) <= backlog and not all(v is None or v.done() for v in verdicts):
+    def loop(self, pipeline: CommitPipeline, units: Iterator[WorkUnit], rows: BatchRows, overlap: bool) -> None:
+        """Batch after batch of the pending units, then of the further attempts their commits
+        planned, until none is left. Without overlap, or once a stop is asked for, each batch is
+        committed before the next starts."""
+        cfg, stop = self.cfg, self.stop
+        while True:
+            tracked = pipeline.samples.tracked(units)
+            prompt_length = pipeline.engine.prompt_length
+            for batch in batches(tracked, rows, cfg.max_batch_tokens, cfg.lookahead, prompt_length, cfg.max_new_tokens):
+                pipeline.step(batch)
+                if not overlap or stop.received is not None:
+                    # a stop waits for the batch in flight and commits everything first
+                    pipeline.settle(drain=stop.received is not None)
+                    stop.check()
+            pipeline.settle(drain=True)
+            if not pipeline.samples.followups:
                 return
-            self.waiting.popleft()
-            if verdicts:
-                judged = [self.with_verdict(item, check) for item, check in zip(judged, verdicts, strict=True)]
-            paired, further = self.settle_samples(judged)
-            self.journal.commit(self.run_id, judged, paired)
-            self.done += len(judged)
-            self.bar.update(len(judged))
-            if further:
-                self.followups.extend(further)
-                self.summary.total_units += len(further)
-                self.bar.total += len(further)
-                self.bar.refresh()
-
-    def with_verdict(self, item, check: Future | None):
-        if check is None:
-            return item
-        verdict = self.checker.result(check)
-        return with_verdict(item, verdict, self.policy.keeps(verdict))
-
-    def settle_samples(self, judged: list) -> tuple[list[SamplePairs], list[WorkUnit]]:
-        """For each sample whose units in flight this batch completes, from its units in the
-        ledger and in this batch: with --pairs onpolicy, its pairs once it needs no further
-        attempt; with --max-attempts, the next wave of attempts it needs."""
-        cfg = self.cfg
-        track = cfg.attempts > cfg.num_rejects
-        if not (track or cfg.onpolicy):
-            return [], []
-        batch: dict[int, list] = {}
-        for item in judged:
-            batch.setdefault(item.unit.sample_index, [item.unit.record]).append(unit_row(item))
-        paired, further = [], []
-        for sample, (record, *rows) in batch.items():
-            if track:
-                entry = self.open_samples.get(sample)
-                if entry is None:
-                    continue
-                entry[1] -= len(rows)
-                if entry[1]:
-                    continue  # more of its units are in flight
-            units = {row["reject_index"]: row for row in self.ledger.sample_units(sample)}
-            units.update((row["reject_index"], row) for row in rows)
-            statuses = {attempt: row["status"] for attempt, row in units.items()}
-            if unresolved_attempts(statuses, cfg.num_rejects):
-                self.open_samples.pop(sample, None)  # oom / error: the next run retries them
-                continue
-            rows = [units[attempt] for attempt in sorted(units)]
-            todo = further_attempts(statuses, cfg.num_rejects, cfg.attempts, self.kept_count(rows), self.wave)
-            if todo:
-                self.open_samples[sample] = [record, len(todo)]
-                further += [WorkUnit(record, a, unit_seed(cfg.seed, sample, a)) for a in todo]
-                continue
-            self.open_samples.pop(sample, None)
-            if cfg.onpolicy:
-                paired.append(self.pairs_of(record, rows))
-        return paired, further
-
-    def pairs_of(self, record, rows: list[dict]) -> SamplePairs:
-        cfg = self.cfg
-        candidates = [candidate_from_row(row) for row in rows if row["status"] == CANDIDATE]
-        pairs = form_pairs(candidates, cfg.num_rejects, cfg.answer, cfg.fallback, record.output)
-        return SamplePairs(record, pairs, candidates, cfg.answer)
-
-
-def wait_quietly(in_flight) -> None:
-    """Let a batch still generating finish (its result is dropped: nothing was committed)."""
-    if in_flight is not None:
-        try:
-            in_flight[1].result()
-        except BaseException:
-            pass
+            units = iter(())  # only the further attempts the last commits asked for

@@ -128,8 +128,7 @@ def test_batch_size_auto_on_cpu_stops_at_its_limit(workdir, tiny_model, sample_d
 
 
 def test_auto_batch_size_shrinks_after_an_oom_backoff():
-    from prefgen.config import GenerateConfig
-    from prefgen.run import GenerateRun
+    from prefgen.run import BatchRows
 
     class Ledger:
         events = []
@@ -138,8 +137,9 @@ def test_auto_batch_size_shrinks_after_an_oom_backoff():
             self.events.append((kind, detail))
 
     for size, expected in (("auto", 4), (16, 16)):
-        run = GenerateRun.__new__(GenerateRun)
-        run.cfg = GenerateConfig(base_model="m", sft_data="d", output="o", batch_size=size)
-        run.ledger, run.run_id, run.batch_limit = Ledger(), 1, 16 if size == 16 else 8
-        run.on_backoff(8, 4)
-        assert run.batch_limit == expected
+        ledger = Ledger()
+        rows = BatchRows(ledger, 1, 16 if size == 16 else 8, auto=size == "auto")
+        rows.backoff(8, 4)
+        assert rows() == expected
+        lowered = {"batch_size": 4} if size == "auto" else {}
+        assert ledger.events[-1] == ("oom_backoff", {"rows": 8, "retry_rows": 4, **lowered})
