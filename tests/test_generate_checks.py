@@ -267,3 +267,28 @@ def test_changing_the_db_root_of_a_run_is_refused(workdir, tiny_model, sample_da
     assert "other settings" in result.output and "db_root" in result.output
     result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=1, num_rejects=1), expect=1)
     assert "db_root" in result.output
+
+
+def test_the_attempts_rule_finishes_a_cut_wave_and_retries_before_anything_else():
+    from prefgen.attempts import AttemptRule
+
+    def units(*statuses):
+        return {attempt: {"status": status} for attempt, status in enumerate(statuses)}
+
+    gold = AttemptRule(num_rejects=2, max_attempts=5)  # a wave: as many as are still missing
+    assert gold.need(units("written", "no_sql")).further == [2]
+    assert gold.need(units("no_sql", "duplicate")).further == [2, 3]
+    assert gold.need(units("no_sql", "duplicate", "oom")).retry == [2]
+    assert gold.need({0: {"status": "written"}, 2: {"status": "written"}}).retry == [1]  # a gap
+    assert gold.need(units("written", "written")).complete
+    assert gold.need(units(*["no_sql"] * 5)).complete  # --max-attempts reached
+    assert gold.need({}).attempts == [0, 1]
+
+    pairs = {"have": 0}
+    onpolicy = AttemptRule(num_rejects=2, max_attempts=7, wave=2, count=lambda rows: pairs["have"])
+    assert onpolicy.need(units(*["candidate"] * 3)).further == [3]  # a wave cut by a crash is finished
+    assert onpolicy.need(units(*["candidate"] * 4)).further == [4, 5]
+    assert onpolicy.need(units(*["candidate"] * 6)).further == [6]  # within --max-attempts
+    pairs["have"] = 2
+    assert onpolicy.need(units(*["candidate"] * 3)).further == [3]  # whatever the pairs say
+    assert onpolicy.need(units(*["candidate"] * 4)).complete
