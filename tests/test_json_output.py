@@ -6,6 +6,8 @@ import signal
 
 from conftest import generate_args, read_jsonl, run, run_cli
 
+import prefgen.config
+from prefgen.ledger.store import Ledger
 from prefgen.paths import journal_of, ledger_of
 
 FLAGS = dict(num_rejects=2, max_samples=4, batch_size=2)
@@ -95,6 +97,7 @@ def test_merge_writes_one_array_in_sample_order(workdir, tiny_model, sample_data
     assert "8 lines" in run_cli(["merge", "--output", str(split), "--world-size", "2"]).output
     merged = json.loads(split.read_bytes())
     assert [(p["sample_index"], p["reject_index"]) for p in merged] == [(s, r) for s in range(4) for r in range(2)]
+
     def key(pair):
         return pair["sample_index"], pair["reject_index"]
 
@@ -102,3 +105,27 @@ def test_merge_writes_one_array_in_sample_order(workdir, tiny_model, sample_data
     # export reads the array (a merged output has no journal)
     result = run_cli(["export", str(split), "--format", "trl", "--to", str(workdir / "exports")])
     assert "Wrote 8 pairs" in result.output
+
+
+def test_a_json_output_begun_by_an_earlier_prefgen_as_json_lines_is_continued(
+    workdir, tiny_model, sample_data, monkeypatch
+):
+    """Earlier prefgens appended JSON Lines to a .json output itself: such a run resumes, its
+    file becomes the journal, and it ends with the array."""
+    out, journal = workdir / "pairs.json", workdir / "pairs.journal.jsonl"
+    with monkeypatch.context() as patch:  # the earlier rule: the output itself is the JSONL
+        patch.setattr(prefgen.config, "journal_of", lambda path: path)
+        run_cli(generate_args(tiny_model, sample_data, out, **{**FLAGS, "max_samples": 2}))
+    earlier = out.read_bytes()
+    assert len(read_jsonl(out)) == 4 and not journal.exists()
+    result = run_cli(generate_args(tiny_model, sample_data, out, **FLAGS))
+    assert f"{out} was begun as JSON Lines by an earlier prefgen: continuing it as {journal}" in result.output
+    assert journal.read_bytes().startswith(earlier)
+    assert json.loads(out.read_bytes()) == read_jsonl(journal) and len(read_jsonl(journal)) == 8
+    ledger = Ledger(workdir / "pairs.json.ledger.sqlite", readonly=True)
+    assert ledger.meta("output_path") == str(journal.resolve())
+    ledger.close()
+    reference = workdir / "reference.jsonl"
+    run_cli(generate_args(tiny_model, sample_data, reference, **FLAGS))
+    assert sorted(read_jsonl(journal), key=str) == sorted(read_jsonl(reference), key=str)
+    assert "Nothing to do" in run_cli(generate_args(tiny_model, sample_data, out, **FLAGS)).output

@@ -9,8 +9,9 @@ import click
 
 from prefgen.cli.options import BatchSize, DedupMode, check_options, default, load_config, pair_options
 from prefgen.cli.terminal import EXIT_INCOMPLETE, friendly_errors
-from prefgen.config import DEDUP_MODES, ENGINE_NAMES, PAIR_MODES
+from prefgen.config import DEDUP_MODES, ENGINE_NAMES, LORA_MODES, PAIR_MODES
 from prefgen.paths import part_path
+from prefgen.runtime.lock import exclusive
 
 
 @click.command()
@@ -40,7 +41,8 @@ from prefgen.paths import part_path
     "--max-model-len",
     type=int,
     default=default("max_model_len"),
-    help="vllm: context the KV cache is sized for [default: the model's].",
+    help="Context a prompt must fit (a longer one is recorded too_long); vllm: also what the KV cache is sized for "
+    "[default: the model's].",
 )
 @click.option(
     "--gpu-memory-utilization",
@@ -48,6 +50,14 @@ from prefgen.paths import part_path
     default=default("gpu_memory_utilization"),
     show_default=True,
     help="vllm: share of GPU memory for weights and KV cache.",
+)
+@click.option(
+    "--lora",
+    type=click.Choice(LORA_MODES),
+    default=default("lora"),
+    show_default=True,
+    help="vllm: apply the adapter natively per request (no copy of the model) or merge it into a cached "
+    "copy; auto: native on a GPU where vLLM serves the model's LoRA, merge otherwise.",
 )
 @click.option("--adapter-path", default=default("adapter_path"), help="PEFT LoRA adapter directory; empty for none.")
 @click.option("--sft-data", required=True, help="Alpaca records: a JSON array (.json) or JSON Lines (.jsonl).")
@@ -90,14 +100,16 @@ from prefgen.paths import part_path
     type=BatchSize(),
     default=default("batch_size"),
     show_default=True,
-    help="Rows per generation call, or 'auto' (the largest that fits, backing off on OOM).",
+    help="Rows per generation call, or 'auto' (the largest that fits, backing off on OOM); vllm: "
+    "sequences in the engine at once (max_num_seqs), auto: vLLM's offline default.",
 )
 @click.option(
     "--max-batch-tokens",
     type=int,
     default=default("max_batch_tokens"),
     show_default=True,
-    help="Bound on rows x (longest prompt + max-new-tokens) per batch (0 = none).",
+    help="Bound on rows x (longest prompt + max-new-tokens) per batch (0 = none); vllm: also tokens per "
+    "engine step (max_num_batched_tokens), 0: vLLM's offline default.",
 )
 @click.option(
     "--lookahead",
@@ -173,6 +185,12 @@ def generate(no_progress, **options):
     from prefgen.run import generate as run_generate
 
     cfg = GenerateConfig(**options)
+    target = part_path(Path(cfg.output), cfg.rank, cfg.world_size)
+    if target != cfg.output_path:
+        from prefgen.files.json_output import adopt_earlier_output
+
+        if adopt_earlier_output(target, cfg.output_path, cfg.ledger_path):
+            click.echo(f"{target} was begun as JSON Lines by an earlier prefgen: continuing it as {cfg.output_path}")
     summary = run_generate(cfg, sys.argv, show_progress=not no_progress)
     counts = ", ".join(f"{status} {n}" for status, n in sorted(summary.counts.items()))
     if summary.done_now == 0:
@@ -182,11 +200,11 @@ def generate(no_progress, **options):
             f"Generated {summary.done_now} units; {summary.done_before + summary.done_now}"
             f"/{summary.total_units} done ({counts})."
         )
-    target = part_path(Path(cfg.output), cfg.rank, cfg.world_size)
     if target != summary.output and summary.finished:
         from prefgen.files.json_output import write_json_output
 
-        write_json_output(summary.output, target)
+        with exclusive(summary.output):  # as a run holds it: no other run appends meanwhile
+            write_json_output(summary.output, target)
     click.echo(f"Output: {where(target, summary.output, summary.finished)}\nLedger: {summary.ledger}")
     if not summary.finished:
         click.echo("Some units could not be generated (oom/error): run the same command again to retry them.", err=True)

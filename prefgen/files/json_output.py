@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 import orjson
 
 from prefgen.errors import InputError, OutputError
-from prefgen.files.atomic import atomic_write
+from prefgen.files.atomic import atomic_write, fsync_directory
 
 
 def journal_lines(journal: Path) -> Iterator[bytes]:
@@ -49,3 +49,27 @@ def write_json_array(target: Path, lines: Iterable[bytes], temp_suffix: str = ".
 def write_json_output(journal: Path, target: Path) -> int:
     """Write the array `target` from its journal; return the number of items."""
     return write_json_array(target, journal_lines(journal))
+
+
+def adopt_earlier_output(target: Path, journal: Path, ledger_path: Path) -> bool:
+    """An earlier prefgen appended JSON Lines to a `.json` output itself; its ledger names the
+    `.json`. Make that file the journal (rename, then record it in the ledger; both steps are
+    safe to repeat after a crash between them), so the run resumes and ends with an array.
+    Returns whether there was such an output."""
+    from prefgen.ledger.store import Ledger
+    from prefgen.runtime.lock import exclusive
+
+    if target == journal or not ledger_path.is_file():
+        return False
+    with exclusive(target), exclusive(ledger_path):
+        ledger = Ledger(ledger_path)
+        try:
+            if ledger.meta("output_path") != str(target.resolve()):
+                return False
+            if target.exists() and not journal.exists():
+                target.rename(journal)
+                fsync_directory(journal.parent)
+            ledger.set_meta({"output_path": str(journal.resolve())})
+        finally:
+            ledger.close()
+    return True
