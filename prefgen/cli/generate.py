@@ -9,7 +9,7 @@ import click
 
 from prefgen.cli.options import BatchSize, DedupMode, check_options, default, load_config, pair_options
 from prefgen.cli.terminal import EXIT_INCOMPLETE, friendly_errors
-from prefgen.config import DEDUP_MODES, ENGINE_NAMES, LORA_MODES, PAIR_MODES
+from prefgen.config import DEDUP_MODES, ENGINE_NAMES, PAIR_MODES
 from prefgen.paths import part_path
 from prefgen.runtime.lock import exclusive
 
@@ -41,8 +41,7 @@ from prefgen.runtime.lock import exclusive
     "--max-model-len",
     type=int,
     default=default("max_model_len"),
-    help="Context a prompt must fit (a longer one is recorded too_long); vllm: also what the KV cache is sized for "
-    "[default: the model's].",
+    help="vllm: context the KV cache is sized for [default: the model's].",
 )
 @click.option(
     "--gpu-memory-utilization",
@@ -50,14 +49,6 @@ from prefgen.runtime.lock import exclusive
     default=default("gpu_memory_utilization"),
     show_default=True,
     help="vllm: share of GPU memory for weights and KV cache.",
-)
-@click.option(
-    "--lora",
-    type=click.Choice(LORA_MODES),
-    default=default("lora"),
-    show_default=True,
-    help="vllm: apply the adapter natively per request (no copy of the model) or merge it into a cached "
-    "copy; auto: native on a GPU where vLLM serves the model's LoRA, merge otherwise.",
 )
 @click.option("--adapter-path", default=default("adapter_path"), help="PEFT LoRA adapter directory; empty for none.")
 @click.option("--sft-data", required=True, help="Alpaca records: a JSON array (.json) or JSON Lines (.jsonl).")
@@ -100,16 +91,14 @@ from prefgen.runtime.lock import exclusive
     type=BatchSize(),
     default=default("batch_size"),
     show_default=True,
-    help="Rows per generation call, or 'auto' (the largest that fits, backing off on OOM); vllm: "
-    "sequences in the engine at once (max_num_seqs), auto: vLLM's offline default.",
+    help="Rows per generation call, or 'auto' (the largest that fits, backing off on OOM).",
 )
 @click.option(
     "--max-batch-tokens",
     type=int,
     default=default("max_batch_tokens"),
     show_default=True,
-    help="Bound on rows x (longest prompt + max-new-tokens) per batch (0 = none); vllm: also tokens per "
-    "engine step (max_num_batched_tokens), 0: vLLM's offline default.",
+    help="Bound on rows x (longest prompt + max-new-tokens) per batch (0 = none).",
 )
 @click.option(
     "--lookahead",
