@@ -1,4 +1,5 @@
-# prefgen: `make generate` runs the main job, `make test` the tests. Both bootstrap .venv.
+# prefgen: `make generate` runs the main job, `make test` the fast tests, `make check` every test
+# (the slow ones and the checks in virtual environments of their own included). All bootstrap .venv.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -51,7 +52,7 @@ GEN_BIN := $(BIN)
 GEN_STAMP := $(STAMP)
 endif
 
-.PHONY: generate test check-clients check-vllm status browse bench bench-engines venv clean
+.PHONY: generate test check check-clients check-vllm status browse bench bench-engines venv clean
 
 venv: $(STAMP)
 
@@ -92,8 +93,18 @@ bench: $(STAMP)
 bench-engines: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python benchmarks/bench_engines.py $(BENCH_ARGS)
 
+# The fast tests, one of each kind of promise (a kill and resume, a fault, ...): the slow ones
+# (marked `slow`: kill matrices, chaos, torchrun, the browser, trainers) and those needing a
+# virtual environment of their own (`clients`, `vllm`) are left to `make check`.
+FAST := not slow and not clients and not vllm
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m '$(FAST)'
+
+# Every test: the slow ones with the fast, then the two venv checks (what .ci/run runs).
+check: $(STAMP)
+	$(BIN)/python -m pytest -q -m 'not clients and not vllm'
+	$(MAKE) check-clients
+	$(MAKE) check-vllm
 
 # LLaMA-Factory pins an older transformers than prefgen: it gets a virtual environment of its
 # own (torch at the project's version; torchvision/torchaudio removed, as they do not import
