@@ -108,7 +108,8 @@ check: $(STAMP)
 
 # LLaMA-Factory pins an older transformers than prefgen: it gets a virtual environment of its
 # own (torch at the project's version; torchvision/torchaudio removed, as they do not import
-# beside the CPU torch), and tests/test_clients.py trains one DPO step on prefgen's exports.
+# beside the CPU torch), and tests/test_clients.py trains one DPO step on prefgen's exports;
+# it also trains one TRL KTO step on a kto export, with the TRL of prefgen's own .venv.
 $(CLIENTS_STAMP): .ci/clients-constraints.txt
 	test -x $(CLIENTS_VENV)/bin/python || $(PYTHON) -m venv $(CLIENTS_VENV)
 	$(CLIENTS_VENV)/bin/python -m pip install --quiet --upgrade pip

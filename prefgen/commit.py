@@ -19,6 +19,7 @@ from pathlib import Path
 
 import orjson
 
+from prefgen.config import execution_reward
 from prefgen.errors import OutputError
 from prefgen.ledger.store import Ledger
 from prefgen.pairing import GOLD, MODEL, Pair, SamplePairs, pair_fields
@@ -87,6 +88,7 @@ def unit_row(item: Judged) -> dict:
         "verdict_detail": verdict and verdict.detail,
         "multiset_differs": verdict and int(verdict.multiset_differs),
         "order_differs": verdict and int(verdict.order_differs),
+        "reward": execution_reward(verdict and verdict.verdict),
         "line_offset": None,
         "line_length": None,
         "line": None,

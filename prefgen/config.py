@@ -43,8 +43,19 @@ ANSWER_MODES = ("sql", "full")
 FALLBACK_MODES = ("none", "gold")
 EQUIVALENCE_MODES = ("lenient", "multiset", "ordered")
 DEDUP_MODES = ("exact", "sql")  # --dedup-rejects: identical text; identical after normalization
-EXPORT_FORMATS = ("llamafactory", "sharegpt", "trl")
+EXPORT_FORMATS = ("llamafactory", "sharegpt", "trl", "kto", "rewards")
 ENGINE_NAMES = ("transformers", "vllm")  # --engine; in the fingerprint only when not the first
+
+# Each candidate's reward (the ledger's units.reward, `export --format rewards`): the execution
+# reward of Arctic-Text2SQL-R1 (arXiv 2505.20315): 1 correct, 0.1 executes but wrong, 0 fails.
+# An unverifiable candidate, or one without a verdict (no --db-root), has none.
+EXECUTION_REWARDS = {"equivalent": 1.0, "wrong_result": 0.1, "exec_error": 0.0, "timeout": 0.0}
+
+
+def execution_reward(verdict: str | None) -> float | None:
+    """The reward of a candidate with this execution verdict (None: unverifiable or unjudged)."""
+    return EXECUTION_REWARDS.get(verdict or "")
+
 
 # Execution limits (--time-limit, --max-rows), shared by generate, verify and pair.
 DEFAULT_TIME_LIMIT = 5.0

@@ -157,6 +157,7 @@ def test_ledger_schema(partial_run):
         "multiset_differs": int,
         "order_differs": int,
         "role": str,
+        "reward": float,
     }
     assert db["units"].pks == ["sample_index", "reject_index"]
     assert db["samples"].columns_dict == {"sample_index": int, "db": str, "instruction": str, "input": str, "gold": str}
@@ -178,6 +179,7 @@ def test_ledger_schema(partial_run):
         "m004_verdicts",
         "m005_onpolicy_pairs",
         "m006_browse",
+        "m008_rewards",
     ]
 
 

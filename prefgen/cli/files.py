@@ -81,19 +81,22 @@ def export(pairs, fmt, directory, name, system):
     """Export a prefgen JSONL for LLaMA-Factory (alpaca or sharegpt) or TRL.
 
     PAIRS is a run's output: JSON Lines, or a .json output's JSON array (its journal until
-    the run is complete).
+    the run is complete). kto (TRL KTOTrainer) and rewards (graded: 1 correct, 0.1 executes
+    but wrong, 0 fails) write one row per side of a pair, each (prompt, completion) once.
 
     \b
     Example:
       prefgen export pairs.jsonl --format llamafactory --to LLaMA-Factory/data
       prefgen export pairs.jsonl --format trl --to exports/
+      prefgen export pairs.jsonl --format kto --to exports/
     """
     from prefgen.files.export import export_pairs
 
     if system is None:
         system = run_system_prompt(pairs)
     summary = export_pairs(pairs, fmt, directory, name, system)
-    click.echo(f"Wrote {summary.written} pairs to {summary.path}")
+    noun = "rows" if fmt in ("kto", "rewards") else "pairs"  # one row per side of a pair
+    click.echo(f"Wrote {summary.written} {noun} to {summary.path}")
     if summary.dataset_info:
         click.echo(f"Dataset entry {summary.path.stem!r} in {summary.dataset_info}")
     for reason, count in sorted(summary.skipped.items()):

@@ -7,6 +7,14 @@ Formats:
   `rejected` messages) and its `dataset_info.json` entry;
 - `trl`: TRL's conversational preference format: `prompt` (the system and user turns, built
   exactly as `prefgen generate` built them), `chosen` and `rejected` (one assistant turn each).
+- `kto`: TRL KTOTrainer's unpaired format: `prompt` (as `trl`), `completion` (one assistant
+  turn) and `label`: each pair gives its chosen (label true) and its rejected (label false); a
+  (prompt, completion) row already written is not written again (gold mode repeats the gold);
+- `rewards`: graded rows for trainers that take a score: `prompt`, `completion`, `reward` (the
+  execution reward of config.execution_reward: 1 correct, 0.1 executes but wrong, 0 fails; the
+  gold is 1), `verdicts` (the execution verdict and its detail) and `source` (gold or model);
+  deduplicated like `kto`. A side without a verdict (a run without --db-root) has no reward: it is
+  skipped and counted.
 
 LLaMA-Factory silently drops rows whose chosen or rejected is not a string; prefgen never
 writes such a row: it skips it, counts it and says why.
@@ -14,6 +22,7 @@ writes such a row: it skips it, counts it and says why.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +30,7 @@ from typing import Iterator
 
 import orjson
 
+from prefgen.config import execution_reward
 from prefgen.errors import InputError
 from prefgen.files.atomic import atomic_write
 from prefgen.paths import journal_of
@@ -126,6 +136,48 @@ def convert(pair: dict, fmt: str, system: str) -> dict:
     return row
 
 
+UNPAIRED_FORMATS = ("kto", "rewards")  # one row per side of a pair, not one per pair
+NO_REWARD = "no verdict, so no reward (run with --db-root)"
+
+
+def sides(pair: dict) -> list[tuple[str, float | None, dict, str]]:
+    """A pair's two sides: (completion, reward, verdicts, source), chosen first. A gold-mode line
+    has no `chosen_source` (the gold is chosen) and its rejected side's verdict in `verdict`;
+    an on-policy line carries both sides' verdicts."""
+    if pair.get("chosen_source", "gold") == "gold":
+        chosen = (pair["chosen"], 1.0, {}, "gold")
+    else:
+        verdict = pair.get("chosen_verdict")
+        chosen = (pair["chosen"], execution_reward(verdict), {"execution": verdict}, "model")
+    if "rejected_verdict" in pair:
+        verdict, detail = pair.get("rejected_verdict"), pair.get("rejected_detail") or ""
+    else:
+        verdict, detail = pair.get("verdict"), pair.get("verdict_detail") or ""
+    rejected = (pair["rejected"], execution_reward(verdict), {"execution": verdict, "detail": detail}, "model")
+    return [chosen, rejected]
+
+
+def unpaired_rows(pair: dict, fmt: str, system: str, seen: set, skipped: Counter) -> Iterator[dict]:
+    """The kto or rewards rows of one pair; `seen` holds the (prompt, completion) rows written."""
+    prompt = convert(pair, "trl", system)["prompt"]
+    prompt_key = orjson.dumps(prompt)
+    for (text, reward, verdicts, source), label in zip(sides(pair), (True, False), strict=True):
+        key = hashlib.sha256(prompt_key + b"\0" + text.encode()).digest()  # 32 bytes a row, not the texts
+        if key in seen:
+            skipped["already written (same prompt and completion)"] += 1
+            continue
+        if fmt == "rewards" and reward is None:
+            skipped[NO_REWARD] += 1
+            continue
+        seen.add(key)
+        row = {"prompt": prompt, "completion": [{"role": "assistant", "content": text}]}
+        if fmt == "kto":
+            row["label"] = label
+        else:
+            row.update(reward=reward, verdicts=verdicts, source=source)
+        yield row
+
+
 def dataset_info_entry(fmt: str, file_name: str, system: bool) -> dict:
     """The dataset_info.json entry LLaMA-Factory reads for this export."""
     if fmt == "sharegpt":
@@ -146,14 +198,20 @@ def export_pairs(source: str, fmt: str, to: str, name: str = "", system: str = "
     name = name or Path(source).name.split(".")[0]
     target = directory / f"{name}.jsonl"
     summary = ExportSummary(target)
+    seen: set[bytes] = set()
     with atomic_write(target) as handle:
         for pair in read_output(Path(source)):
             reason = problem(pair)
             if reason:
                 summary.skipped[reason] += 1
                 continue
-            handle.write(orjson.dumps(convert(pair, fmt, system), option=orjson.OPT_APPEND_NEWLINE))
-            summary.written += 1
+            if fmt in UNPAIRED_FORMATS:
+                rows = list(unpaired_rows(pair, fmt, system, seen, summary.skipped))
+            else:
+                rows = [convert(pair, fmt, system)]
+            for row in rows:
+                handle.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+            summary.written += len(rows)
     if fmt in ("llamafactory", "sharegpt"):
         summary.dataset_info = write_dataset_info(directory, name, dataset_info_entry(fmt, target.name, bool(system)))
     return summary

@@ -134,6 +134,17 @@ def m006_browse(db: sqlite_utils.Database) -> None:
     )
 
 
+def m008_rewards(db: sqlite_utils.Database) -> None:
+    """Each judged candidate's execution reward (1 correct, 0.1 executes but wrong, 0 fails; NULL
+    when unverifiable or unjudged): config.execution_reward."""
+    db["units"].add_column("reward", float)
+
+
+# Migrations that only add columns no view and no reader of prefgen's reads: a ledger without
+# them is still read (status, browse, export) without being written; its first writing open adds
+# them. Readers of an older prefgen's ledger thus keep working after an upgrade.
+READER_OPTIONAL = frozenset({"m008_rewards"})
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     m001_initial,
     m002_views,
@@ -141,6 +152,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     m004_verdicts,
     m005_onpolicy_pairs,
     m006_browse,
+    m008_rewards,
 ]
 
 
@@ -151,16 +163,18 @@ def applied_migrations(db: sqlite_utils.Database) -> set[str]:
     return {row["name"] for row in db[MIGRATIONS_TABLE].rows}
 
 
-def pending_migrations(applied: set[str]) -> list[str]:
-    """The migrations a ledger that has had `applied` still needs, in order; refuses a ledger
-    from a newer prefgen (one that has had migrations this one does not know)."""
+def pending_migrations(applied: set[str], reading: bool = False) -> list[str]:
+    """The migrations a ledger that has had `applied` still needs, in order (`reading`: those a
+    read-only open cannot do without); refuses a ledger from a newer prefgen (one that has had
+    migrations this one does not know)."""
     unknown = applied - {m.__name__ for m in MIGRATIONS}
     if unknown:
         raise LedgerError(
             f"this ledger was written by a newer prefgen (it has migrations {', '.join(sorted(unknown))})",
             hint="upgrade prefgen to read it",
         )
-    return [m.__name__ for m in MIGRATIONS if m.__name__ not in applied]
+    skipped = READER_OPTIONAL if reading else frozenset()
+    return [m.__name__ for m in MIGRATIONS if m.__name__ not in applied and m.__name__ not in skipped]
 
 
 def upgrade(db: sqlite_utils.Database) -> None:

@@ -64,7 +64,7 @@ class Ledger:
         a ledger whose views are older the current ones, as TEMP views of this connection."""
         if MIGRATIONS_TABLE not in self.db.table_names():
             raise LedgerError(f"{self.path} is not a prefgen ledger (no {MIGRATIONS_TABLE} table)")
-        pending = pending_migrations(applied_migrations(self.db))
+        pending = pending_migrations(applied_migrations(self.db), reading=True)
         if pending:
             raise LedgerError(
                 f"{self.path} was written by an older prefgen: its tables lack the migrations {', '.join(pending)}",
