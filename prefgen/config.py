@@ -162,7 +162,7 @@ class GenerateConfig:
     fallback: str = "none"  # onpolicy: "gold" pairs the gold with a sample that has no correct answer
     engine: str = "transformers"  # or "vllm"
     batch_invariant: bool = False  # vllm: VLLM_BATCH_INVARIANT=1, the same text whatever the batch
-    max_model_len: int = 0  # vllm: the context the engine reserves KV cache for; 0: the model's
+    max_model_len: int = 0  # the context a prompt must fit (vllm: and its KV cache); 0: the model's
     gpu_memory_utilization: float = 0.9  # vllm: share of GPU memory for weights and KV cache
 
     def __post_init__(self):

@@ -6,7 +6,7 @@ import inspect
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT, SAMPLE, scripted_engine
+from conftest import ROOT, SAMPLE, generate_args, query, read_jsonl, run_cli, scripted_engine, write_records
 
 from prefgen.config import GenerateConfig
 from prefgen.engines.base import Engine
@@ -89,3 +89,97 @@ def test_the_engines_share_loading_not_each_other():
     assert not any(name.startswith("prefgen.engines.transformers") for name in vllm)
     assert not any(name.startswith("prefgen.engines.vllm") for name in transformers)
     assert "prefgen.engines.loading" in vllm and "prefgen.engines.loading" in transformers
+
+
+# A record whose prompt is ~9,100 tokens for the tiny model (19 tokens a sentence), past its
+# 8,192 positions, between records that fit.
+LONG_TEXT = "SELECT name FROM products WHERE price > 10; Show the address, phone and email. " * 480
+RECORDS = [
+    {"instruction": "How many products are there?", "output": "SELECT count(*) FROM products"},
+    {"instruction": "Name them. " + LONG_TEXT, "output": "SELECT product_name FROM products"},
+    {"instruction": "List the staff.", "output": "SELECT staff_name FROM staff"},
+    {"instruction": "How many stores are there?", "output": "SELECT count(*) FROM stores"},
+]
+
+
+@pytest.fixture
+def computed(monkeypatch) -> dict[str, list[int]]:
+    """The lengths the transformers engine computes on: prompts generated from, and the rows
+    `--batch-size auto` probes memory with."""
+    from prefgen.engines.transformers import HFEngine
+
+    lengths: dict[str, list[int]] = {"prompts": [], "probes": []}
+    generate_tokens, probe = HFEngine.generate_tokens, HFEngine._probe
+
+    def recording_generate(self, units, rows):
+        lengths["prompts"].extend(len(row) for row in rows)
+        return generate_tokens(self, units, rows)
+
+    def recording_probe(self, rows, length):
+        lengths["probes"].append(length)
+        return probe(self, rows, length)
+
+    monkeypatch.setattr(HFEngine, "generate_tokens", recording_generate)
+    monkeypatch.setattr(HFEngine, "_probe", recording_probe)
+    return lengths
+
+
+def assert_too_long_costs_its_units_only(out, sample: int, context: int, args) -> None:
+    ledger = str(out) + ".ledger.sqlite"
+    units = query(ledger, "select sample_index, status, detail, prompt_tokens, raw_answer from units")
+    assert len(units) == 2 * len(RECORDS)
+    refused = [u for u in units if u["sample_index"] == sample]
+    assert [u["status"] for u in refused] == ["too_long", "too_long"]
+    assert all(u["prompt_tokens"] >= context for u in refused)
+    assert f"the prompt's {refused[0]['prompt_tokens']} tokens do not fit the engine's context" in refused[0]["detail"]
+    others = [u for u in units if u["sample_index"] != sample]
+    assert all(u["status"] != "too_long" and u["raw_answer"] is not None for u in others)
+    assert len(read_jsonl(out)) == sum(u["status"] == "written" for u in units)
+    failures = run_cli(["ledger", "failures", ledger]).output
+    assert "too_long" in failures and "samples: 1" in failures
+    assert "Nothing to do" in run_cli(args).output  # not retried
+
+
+def test_a_prompt_past_the_models_positions_is_too_long_and_never_computed(tiny_model, workdir, computed):
+    data = write_records(workdir / "data.json", RECORDS)
+    out = workdir / "pairs.jsonl"
+    args = generate_args(tiny_model, data, out, max_samples=0, batch_size=4)
+    run_cli(args)  # exits 0
+    assert_too_long_costs_its_units_only(out, 1, 8192, args)
+    prompts = query(str(out) + ".ledger.sqlite", "select prompt_tokens from units where status = 'too_long'")
+    assert all(8192 <= p["prompt_tokens"] < 10_000 for p in prompts)  # ~9k: only just too long
+    assert computed["prompts"] and max(computed["prompts"]) < 8192  # the model never saw it
+
+
+def test_max_model_len_bounds_the_transformers_engine_too(tiny_model, workdir, computed):
+    """--max-model-len below the model's positions, with --batch-size auto (its probe sized for
+    the prompts that fit) and a token bound (the long unit is a batch of its own)."""
+    records = [{**r, "instruction": r["instruction"][:400]} for r in RECORDS]  # ~100 tokens: over 64
+    data = write_records(workdir / "data.json", records)
+    out = workdir / "pairs.jsonl"
+    flags = dict(max_samples=0, batch_size="auto", max_model_len=64, max_batch_tokens=256)
+    args = generate_args(tiny_model, data, out, **flags)
+    run_cli(args)
+    assert_too_long_costs_its_units_only(out, 1, 64, args)
+    assert computed["prompts"] and max(computed["prompts"]) < 64
+    fitting = query(str(out) + ".ledger.sqlite", "select max(prompt_tokens) as n from units where status != 'too_long'")
+    assert set(computed["probes"]) == {fitting[0]["n"] + 8}  # sized for the longest prompt that fits
+
+
+def test_new_tokens_stop_where_the_context_is_full(tiny_model):
+    """As vLLM does: a prompt that fits leaves room for its new tokens up to the context."""
+    from prefgen.engines import load_engine
+    from prefgen.plan import plan_units
+    from prefgen.records import iter_records
+
+    units = list(plan_units(iter_records(SAMPLE, limit=1), num_rejects=2, seed=5))
+    free = load_engine(tiny_config(tiny_model, max_new_tokens=12, temperature=1.0))
+    length = free.prompt_length(units[0])
+    bounded = load_engine(tiny_config(tiny_model, max_new_tokens=12, temperature=1.0, max_model_len=length + 3))
+    new_tokens = {}
+    for engine, most in ((free, 12), (bounded, 3)):
+        answers, _ = engine.answers(units, engine.start(units))
+        assert all(not a.too_long for a in answers)
+        new_tokens[most] = [a.new_tokens for a in answers]
+    assert max(new_tokens[12]) > 3  # unbounded, they write more: the bound stopped them
+    assert new_tokens[3] == [min(n, 3) for n in new_tokens[12]]

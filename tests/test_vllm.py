@@ -181,6 +181,31 @@ def test_too_long_prompts_and_verdicts(tiny_model, workdir):
     assert code == 0 and "Nothing to do" in output
 
 
+def test_a_prompt_past_the_models_positions_mid_file_is_too_long(tiny_model, workdir):
+    """A ~9,100-token record between records that fit the tiny model's 8,192 positions (no
+    --max-model-len): its units are too_long, the others generated, and the run exits 0."""
+    long_text = "SELECT name FROM products WHERE price > 10; Show the address, phone and email. " * 480
+    records = [
+        {"instruction": "How many products are there?", "output": "SELECT count(*) FROM products"},
+        {"instruction": "Name them. " + long_text, "output": "SELECT product_name FROM products"},
+        {"instruction": "List the staff.", "output": "SELECT staff_name FROM staff"},
+        {"instruction": "How many stores are there?", "output": "SELECT count(*) FROM stores"},
+    ]
+    data = write_records(workdir / "data.json", records)
+    out = workdir / "pairs.jsonl"
+    code, output = run(vllm_args(tiny_model, data, out, num_rejects=2, max_samples=0))
+    assert code == 0, output
+    ledger = str(out) + ".ledger.sqlite"
+    units = query(ledger, "select sample_index, status, prompt_tokens, raw_answer from units")
+    assert len(units) == 8
+    refused = [u for u in units if u["sample_index"] == 1]
+    assert [u["status"] for u in refused] == ["too_long", "too_long"]
+    assert all(8192 <= u["prompt_tokens"] < 10_000 for u in refused)
+    assert all(u["status"] != "too_long" and u["raw_answer"] is not None for u in units if u["sample_index"] != 1)
+    failures = run_cli(["ledger", "failures", ledger]).output
+    assert "too_long" in failures and "samples: 1" in failures
+
+
 def test_torchrun_ranks_run_one_engine_each_and_merge(tiny_model, workdir, vllm_reference, monkeypatch):
     data, _ = vllm_reference
     out = workdir / "pairs.jsonl"

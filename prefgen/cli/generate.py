@@ -41,7 +41,8 @@ from prefgen.runtime.lock import exclusive
     "--max-model-len",
     type=int,
     default=default("max_model_len"),
-    help="vllm: context the KV cache is sized for [default: the model's].",
+    help="Context a prompt must fit (a longer one is recorded too_long); vllm: also what the KV cache is sized for "
+    "[default: the model's].",
 )
 @click.option(
     "--gpu-memory-utilization",

@@ -6,6 +6,9 @@ against `Engine` and never asks which engine it drives; each engine is one modul
 package (`transformers.py`, `vllm.py`) that implements it. `BatchEngine` gives `start` and
 `answers` to an engine that generates a whole batch in one call (the transformers engine, and
 the tests' scripted stand-in).
+
+Both engines refuse a prompt that does not fit their context by one rule, `prompt_fits`: such a
+unit is answered `too_long` before any compute (the judge records it; it is never retried).
 """
 
 from __future__ import annotations
@@ -48,6 +51,17 @@ class Engine(Protocol):
         """Release the engine, its memory and every process it started."""
 
 
+def prompt_fits(prompt_tokens: int, context: int) -> bool:
+    """Whether a prompt leaves room for at least one new token in the context (the model's
+    positions, or --max-model-len; 0: no limit known)."""
+    return not context or prompt_tokens < context
+
+
+def too_long(prompt_tokens: int) -> Answer:
+    """The answer for a unit whose prompt does not fit the context: nothing was generated."""
+    return Answer("", prompt_tokens, 0, 0.0, too_long=True)
+
+
 def generate_with_backoff(engine, units: list, rows: list, on_backoff: Callable[[int, int], None]) -> list[tuple]:
     """(new tokens or None, seconds) per unit; on out-of-memory, halve the batch and retry,
     down to single rows (None: the unit does not fit alone)."""
@@ -69,20 +83,28 @@ class BatchEngine:
     `generate_tokens(units, prompt rows)` runs in a daemon thread (torch releases the GIL while
     it computes; a second signal never waits for it), with OOM backoff; prompts are tokenized
     before, and answers decoded after, in the calling thread (a fast tokenizer must not be used
-    from two threads at once). Subclasses give `prompt_ids`, `prompt_length`, `generate_tokens`,
-    `answer`, and `find_batch_size` where they can measure their memory."""
+    from two threads at once). Subclasses give `prompt_ids` (None for a prompt that does not fit
+    the context: its unit is answered `too_long` and never reaches `generate_tokens`),
+    `prompt_length`, `generate_tokens`, `answer`, and `find_batch_size` where they can measure
+    their memory."""
 
     overlap_default = False
 
     def start(self, units: list[WorkUnit]) -> Future:
-        """Begin generating one batch in a background thread."""
+        """Begin generating one batch in a background thread (its units that fit the context)."""
         future: Future = Future()
         rows = [self.prompt_ids(unit) for unit in units]
+        fit = [i for i, row in enumerate(rows) if row is not None]
 
         def work() -> None:
             backoffs: list[Backoff] = []
+            results: list = [None] * len(units)  # None: too long, nothing generated
             try:
-                results = generate_with_backoff(self, units, rows, lambda count, half: backoffs.append((count, half)))
+                if fit:
+                    sent = [units[i] for i in fit], [rows[i] for i in fit]
+                    done = generate_with_backoff(self, *sent, lambda count, half: backoffs.append((count, half)))
+                    for i, result in zip(fit, done, strict=True):
+                        results[i] = result
             except BaseException as exc:  # handed to the run loop's thread, which raises it
                 future.set_exception(exc)
             else:
@@ -94,7 +116,10 @@ class BatchEngine:
     def answers(self, units: list[WorkUnit], future: Future) -> tuple[list[Answer], list[Backoff]]:
         """Wait for a started batch and decode its answers, in the calling thread."""
         rows, results, backoffs = future.result()
-        answers = [self.answer(row, new, seconds) for row, (new, seconds) in zip(rows, results, strict=True)]
+        answers = [
+            too_long(self.prompt_length(unit)) if result is None else self.answer(row, *result)
+            for unit, row, result in zip(units, rows, results, strict=True)
+        ]
         return answers, backoffs
 
     def find_batch_size(self, prompt_length: int) -> int:

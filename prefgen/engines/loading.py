@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from prefgen.config import looks_local, resolve_model_ref
+from prefgen.engines.base import prompt_fits
 from prefgen.errors import ModelError
 from prefgen.units import Answer
 
@@ -58,34 +59,58 @@ def eos_token_ids(generation_config, tokenizer) -> list[int]:
     return ids
 
 
+def model_context(model_config, max_model_len: int = 0) -> int:
+    """The context a prompt must fit: the model's positions (`max_position_embeddings` of its
+    config), or `--max-model-len` where given and smaller (0: no limit known)."""
+    positions = getattr(model_config, "max_position_embeddings", None) or 0
+    if max_model_len and positions and max_model_len > positions:
+        log.warning("--max-model-len %d is more than the model's %d positions: prompts must fit %d",
+                    max_model_len, positions, positions)
+        return positions
+    return max_model_len or positions
+
+
 class TokenizerSide:
     """What both engines do with the Hugging Face tokenizer, in the run loop's thread: prompt
     token ids (the chat template as LLaMA-Factory trained on it, cached per sample: its rejects
-    share them) and answers decoded from new tokens."""
+    share them) and answers decoded from new tokens. A prompt that does not fit `context` keeps
+    only its length: the engine answers it `too_long` and never computes on it."""
 
-    def init_tokenizer(self, tokenizer, system: str, eos_ids: list[int]) -> None:
-        """Take the tokenizer, the system prompt and the tokens that end an answer."""
+    def init_tokenizer(self, tokenizer, system: str, eos_ids: list[int], context: int = 0) -> None:
+        """Take the tokenizer, the system prompt, the tokens that end an answer and the context
+        a prompt must fit (0: no limit)."""
         from prefgen.prompts import PromptBuilder
 
         self.tokenizer = tokenizer
         self.prompt = PromptBuilder(tokenizer, system)
         self.eos_ids = eos_ids
-        self._prompt_cache: dict[tuple[int, str], list[int]] = {}
+        self.context = context
+        self.longest_fitting = 0  # the longest prompt seen that fits (what `auto` sizes batches for)
+        self._prompt_cache: dict[tuple[int, str], list[int] | int] = {}  # ids, or a too-long length
 
-    def prompt_ids(self, unit) -> list[int]:
-        """The token ids of a unit's prompt."""
+    def _tokenized(self, unit) -> list[int] | int:
         key = (unit.sample_index, unit.record.hash)
         ids = self._prompt_cache.get(key)
         if ids is None:
             if len(self._prompt_cache) >= PROMPT_CACHE_SIZE:
                 self._prompt_cache.clear()
             ids = self.tokenizer(self.prompt(unit.record), add_special_tokens=False)["input_ids"]
+            if not prompt_fits(len(ids), self.context):
+                ids = len(ids)  # a record of any size costs a number, not its tokens, from here on
+            else:
+                self.longest_fitting = max(self.longest_fitting, len(ids))
             self._prompt_cache[key] = ids
         return ids
 
+    def prompt_ids(self, unit) -> list[int] | None:
+        """The token ids of a unit's prompt; None when it does not fit the context."""
+        ids = self._tokenized(unit)
+        return None if isinstance(ids, int) else ids
+
     def prompt_length(self, unit) -> int:
         """Tokens in the unit's prompt."""
-        return len(self.prompt_ids(unit))
+        ids = self._tokenized(unit)
+        return ids if isinstance(ids, int) else len(ids)
 
     def answer(self, prompt: list[int], new: list[int] | None, seconds: float) -> Answer:
         """Decode one unit's new tokens (None: the unit did not fit in memory alone)."""

@@ -13,7 +13,7 @@ import os
 import time
 
 from prefgen.config import GenerateConfig
-from prefgen.engines.base import BatchEngine
+from prefgen.engines.base import BatchEngine, prompt_fits
 from prefgen.engines.loading import (
     TokenizerSide,
     attach_adapter,
@@ -21,6 +21,7 @@ from prefgen.engines.loading import (
     eos_token_ids,
     load_model,
     load_tokenizer,
+    model_context,
     quiet_transformers,
 )
 from prefgen.errors import ModelError, OutOfMemory
@@ -99,7 +100,8 @@ class HFEngine(BatchEngine, TokenizerSide):
 
     def __init__(self, model, tokenizer, device: str, cfg: GenerateConfig, adapter_merged: bool):
         self.model = model.eval()
-        self.init_tokenizer(tokenizer, cfg.system, eos_token_ids(model.generation_config, tokenizer))
+        eos_ids = eos_token_ids(model.generation_config, tokenizer)
+        self.init_tokenizer(tokenizer, cfg.system, eos_ids, model_context(model.config, cfg.max_model_len))
         self.device = device
         self.cfg = cfg
         self.adapter_merged = adapter_merged
@@ -174,24 +176,28 @@ class HFEngine(BatchEngine, TokenizerSide):
         active = torch.arange(len(units), device=ids.device)  # original row of each live row
         eos = torch.tensor(self.eos_ids, device=ids.device)
         generated: list[list[int]] = [[] for _ in units]
+        # as vLLM does: a row's new tokens stop where its prompt and they fill the context
+        rooms = [min(self.cfg.max_new_tokens, self.context - len(row)) if self.context else 10**9 for row in rows]
+        room = torch.tensor(rooms, device=ids.device)
         finished = torch.zeros(len(units), dtype=torch.bool, device=ids.device)
         for step in range(self.cfg.max_new_tokens):
             chosen = choose_tokens(logits, seeds, step, self.cfg.temperature, self.cfg.top_p)
             for row, token in zip(active.tolist(), chosen.tolist(), strict=False):
                 generated[row].append(token)
-            finished = finished | torch.isin(chosen, eos)
+            finished = finished | torch.isin(chosen, eos) | (room <= step + 1)
             if step == self.cfg.max_new_tokens - 1 or bool(finished.all()):
                 break
             live = ~finished if self.drop_finished else torch.ones_like(finished)
             if not bool(live.all()):
                 keep = live.nonzero().squeeze(1)
                 cache.batch_select_indices(keep)
-                active, chosen, seeds, mask, position = (
+                active, chosen, seeds, mask, position, room = (
                     active[keep],
                     chosen[keep],
                     seeds[keep],
                     mask[keep],
                     position[keep],
+                    room[keep],
                 )
                 finished = finished[keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
@@ -204,16 +210,23 @@ class HFEngine(BatchEngine, TokenizerSide):
                 **{self.cache_keyword: cache},
             )
             logits = out.logits[:, -1, :]
-        return generated
+        return [tokens[:limit] for tokens, limit in zip(generated, rooms, strict=True)]
 
     def find_batch_size(self, prompt_length: int) -> int:
         """The largest power-of-two row count (up to the device's limit) whose rows fit in memory
-        with a full KV cache of `prompt_length` + max-new-tokens and a decode step."""
+        with a full KV cache of `prompt_length` + max-new-tokens and a decode step. A prompt
+        that does not fit the context is never generated (it is answered too_long): then the
+        longest prompt seen that fits is what batches are sized for, and no row is longer than
+        the context."""
         limit = AUTO_BATCH_LIMIT_CUDA if self.device.startswith("cuda") else AUTO_BATCH_LIMIT_CPU
+        if not prompt_fits(prompt_length, self.context):
+            prompt_length = max(self.longest_fitting, 1)
+        length = prompt_length + self.cfg.max_new_tokens
+        length = min(length, self.context) if self.context else length
         rows, fits = 1, 1
         while rows <= limit:
             try:
-                self._probe(rows, prompt_length + self.cfg.max_new_tokens)
+                self._probe(rows, length)
                 fits = rows
             except OutOfMemory:
                 break

@@ -16,7 +16,9 @@ seeds, generated with vLLM's paged attention, prefix caching and continuous batc
 - A LoRA adapter is merged once into a cached model directory (engines/loading.py): vLLM's own
   LoRA for MoE models needs Triton kernels its CPU build lacks, and merged weights decode as
   fast as the base model.
-- A prompt longer than the engine's context is answered `too_long` rather than sent.
+- A prompt that does not fit the engine's context (prompt tokens against vLLM's max_model_len:
+  the model's, or `--max-model-len`) is answered `too_long` rather than sent, by the rule the
+  transformers engine uses too (engines/base.prompt_fits).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from collections import deque
 from concurrent.futures import Future
 
 from prefgen.config import GenerateConfig
+from prefgen.engines.base import too_long
 from prefgen.engines.loading import (
     TokenizerSide,
     check_model_ref,
@@ -132,14 +135,14 @@ class VLLMEngine(TokenizerSide):
     overlap_default = True
 
     def __init__(self, llm, sampling_params, tokenizer, eos_ids: list[int], cfg: GenerateConfig, device: str):
-        self.init_tokenizer(tokenizer, cfg.system, eos_ids)
+        config = llm.vllm_config
+        self.max_model_len = config.model_config.max_model_len  # the model's, or --max-model-len
+        self.init_tokenizer(tokenizer, cfg.system, eos_ids, context=self.max_model_len)
         self.llm = llm
         self.sampling_params = sampling_params
         self.cfg = cfg
         self.device = device
         self.adapter_merged = False
-        config = llm.vllm_config
-        self.max_model_len = config.model_config.max_model_len
         self.max_running = config.scheduler_config.max_num_seqs
         self.inbox: queue.Queue = queue.Queue()
         self.failure: BaseException | None = None
@@ -171,11 +174,11 @@ class VLLMEngine(TokenizerSide):
         if self.failure is not None:
             future.set_exception(self.failure)
             return future
-        rows = [self.prompt_ids(unit) for unit in units]
+        rows = [self.prompt_ids(unit) for unit in units]  # None: too long for the context
         requests = [
             (i, row, self.params(unit, len(row)))
             for i, (unit, row) in enumerate(zip(units, rows, strict=True))
-            if len(row) < self.max_model_len
+            if row is not None
         ]
         self.inbox.put(Batch(future, rows, requests))
         return future
@@ -183,12 +186,10 @@ class VLLMEngine(TokenizerSide):
     def answers(self, units: list, future: Future) -> tuple[list[Answer], list]:
         """Wait for a started batch: one Answer per unit (vLLM makes no out-of-memory backoffs)."""
         rows, results = future.result()
-        answers = []
-        for row, result in zip(rows, results, strict=True):
-            if result is None:
-                answers.append(Answer("", len(row), 0, 0.0, too_long=True))
-            else:
-                answers.append(self.answer(row, *result))
+        answers = [
+            too_long(self.prompt_length(unit)) if result is None else self.answer(row, *result)
+            for unit, row, result in zip(units, rows, results, strict=True)
+        ]
         return answers, []
 
     def _drive(self) -> None:
