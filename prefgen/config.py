@@ -58,6 +58,9 @@ def execution_reward(verdict: str | None) -> float | None:
 
 
 # Execution limits (--time-limit, --max-rows), shared by generate, verify and pair.
+# --lora (vllm): auto (native LoRA on a GPU where vLLM serves the model's LoRA, merge otherwise),
+# native (a LoRARequest per request), merge (the adapter merged into a cached model directory)
+LORA_MODES = ("auto", "native", "merge")
 DEFAULT_TIME_LIMIT = 5.0
 DEFAULT_MAX_ROWS = 100_000
 
@@ -225,6 +228,7 @@ class GenerateConfig:
 
     @property
     def onpolicy(self) -> bool:
+    lora: str = "auto"  # vllm: how the adapter is applied, one of LORA_MODES
         return self.pairs == "onpolicy"
 
     @property
@@ -233,6 +237,10 @@ class GenerateConfig:
         return self.max_attempts or self.num_rejects
 
     def check_policy(self):
+        if self.lora not in LORA_MODES:
+            raise ConfigError(f"--lora must be one of {', '.join(LORA_MODES)}, not {self.lora!r}")
+        if self.lora != "auto" and self.engine != "vllm":
+            raise ConfigError("--lora is a vLLM setting", hint="the transformers engine merges the adapter in memory")
         """The execution-verdict policy of --db-root, or None without it."""
         if not self.db_root:
             return None
@@ -302,3 +310,5 @@ def read_config_file(path: str, known: set[str]) -> dict:
             )
         settings[name] = "" if value is None else value
     return settings
+        if self.lora != "auto":  # added later: only when chosen, so that older ledgers still resume
+            values["lora"] = self.lora

@@ -29,6 +29,7 @@ from prefgen.engines.base import Engine
 from prefgen.errors import Interrupted, OutputError
 from prefgen.ledger.store import Ledger
 from prefgen.pending import pending_units, scan_records
+from prefgen.identity import check_identity
 from prefgen.pipeline import CommitPipeline, OpenSamples, attempt_rule
 from prefgen.plan import plan_units, shard
 from prefgen.records import iter_records, require_string_field
@@ -195,6 +196,7 @@ class GenerateRun:
             self.policy.check()
         self.journal.open()
         try:
+        check_identity(ledger, cfg)  # what is at the model and adapter paths, not only the paths
             summary = self.reconcile()
             units = pending_units(self.records(), ledger, self.rule, cfg.seed, self.kept, cfg.dedup_rejects)
             first = next(units, None)  # one pass: its first unit tells whether there is work
@@ -236,7 +238,8 @@ class GenerateRun:
         self.ledger.record_event(
             self.run_id,
             "model_loaded",
-            {"engine": self.cfg.engine, "device": engine.device, "adapter_merged": engine.adapter_merged},
+            {"engine": self.cfg.engine, "device": engine.device, "adapter_merged": engine.adapter_merged,
+             **getattr(engine, "settings", {})},  # vLLM: the batch sizes and LoRA mode it used
         )
         fault_point("after_model_load")
         self.stop.check()

@@ -9,7 +9,7 @@ import click
 
 from prefgen.cli.options import BatchSize, DedupMode, check_options, default, load_config, pair_options
 from prefgen.cli.terminal import EXIT_INCOMPLETE, friendly_errors
-from prefgen.config import DEDUP_MODES, ENGINE_NAMES, PAIR_MODES
+from prefgen.config import DEDUP_MODES, ENGINE_NAMES, LORA_MODES, PAIR_MODES
 from prefgen.paths import part_path
 from prefgen.runtime.lock import exclusive
 
@@ -35,7 +35,8 @@ from prefgen.runtime.lock import exclusive
     "--batch-invariant",
     is_flag=True,
     default=default("batch_invariant"),
-    help="vllm: the same text whatever the batch (VLLM_BATCH_INVARIANT=1), so a resumed run is byte-identical on GPUs.",
+    help="vllm: vLLM's batch-invariant mode (VLLM_BATCH_INVARIANT=1), for the same text whatever the batch; "
+    "whether it holds for your GPU and model, `prefgen check-invariance` tells.",
 )
 @click.option(
     "--max-model-len",
@@ -50,6 +51,14 @@ from prefgen.runtime.lock import exclusive
     default=default("gpu_memory_utilization"),
     show_default=True,
     help="vllm: share of GPU memory for weights and KV cache.",
+)
+@click.option(
+    "--lora",
+    type=click.Choice(LORA_MODES),
+    default=default("lora"),
+    show_default=True,
+    help="vllm: apply the adapter natively per request (no copy of the model) or merge it into a cached "
+    "copy; auto: native on a GPU where vLLM serves the model's LoRA, merge otherwise.",
 )
 @click.option("--adapter-path", default=default("adapter_path"), help="PEFT LoRA adapter directory; empty for none.")
 @click.option("--sft-data", required=True, help="Alpaca records: a JSON array (.json) or JSON Lines (.jsonl).")
@@ -92,14 +101,16 @@ from prefgen.runtime.lock import exclusive
     type=BatchSize(),
     default=default("batch_size"),
     show_default=True,
-    help="Rows per generation call, or 'auto' (the largest that fits, backing off on OOM).",
+    help="Rows per generation call, or 'auto' (the largest that fits, backing off on OOM); vllm: "
+    "sequences in the engine at once (max_num_seqs), auto: vLLM's offline default.",
 )
 @click.option(
     "--max-batch-tokens",
     type=int,
     default=default("max_batch_tokens"),
     show_default=True,
-    help="Bound on rows x (longest prompt + max-new-tokens) per batch (0 = none).",
+    help="Bound on rows x (longest prompt + max-new-tokens) per batch (0 = none); vllm: also tokens per "
+    "engine step (max_num_batched_tokens), 0: vLLM's offline default.",
 )
 @click.option(
     "--lookahead",

@@ -5,17 +5,24 @@ seeds, generated with vLLM's paged attention, prefix caching and continuous batc
   max_tokens)`; temperature 0 is greedy. Prompts are the token ids the transformers engine
   would use (the chat template through the Hugging Face tokenizer), and a sample's rejects
   share their prompt's prefill through prefix caching.
+- vLLM is sized as it sizes offline batch work (its `LLM` class's usage context): `--batch-size`
+  is `max_num_seqs` and `--max-batch-tokens` is `max_num_batched_tokens` (tokens per engine
+  step), `auto` / 0 meaning vLLM's own offline choice (1024 sequences and 16384 tokens on an
+  H100/H200, 256 and 8192 on smaller GPUs); what vLLM used is printed once and recorded in the
+  ledger (`engine.settings`).
 - Continuous batching, bounded: one driver thread owns the vLLM engine and steps it without
-  pause; a request joins the engine as another finishes, at most `--batch-size` of them in it
-  at once (also vLLM's `max_num_seqs`; `auto`: vLLM's own). The run loop keeps the next batch
+  pause; a request joins the engine as another finishes, at most `max_num_seqs` of them in it
+  at once. The run loop keeps the next batch
   submitted while it judges the previous one (`overlap_default`), so the engine is never idle
   at a batch's tail, and commits stay in plan order (the reorder window is two batches).
 - The engine runs inside prefgen's process (no engine process of its own: a Ctrl-C reaches
   prefgen alone, which stops after committing); whatever processes vLLM still starts die
   with the run through prefgen.runtime.processes, even under kill -9.
-- A LoRA adapter is merged once into a cached model directory (engines/loading.py): vLLM's own
-  LoRA for MoE models needs Triton kernels its CPU build lacks, and merged weights decode as
-  fast as the base model.
+- A LoRA adapter (`--lora`): `native` sends each request with a `LoRARequest` (vLLM's max LoRA
+  rank from the adapter's `r`), with no copy of the model; `merge` merges it once into a cached
+  model directory (engines/loading.py), after checking that the disk has room for it; `auto`
+  is native on a GPU where vLLM serves the model's LoRA, merge otherwise (and on the CPU, where
+  vLLM's MoE LoRA needs Triton kernels its CPU build lacks).
 - A prompt that does not fit the engine's context (prompt tokens against vLLM's max_model_len:
   the model's, or `--max-model-len`) is answered `too_long` rather than sent, by the rule the
   transformers engine uses too (engines/base.prompt_fits).
@@ -42,7 +49,6 @@ from prefgen.engines.loading import (
     check_model_ref,
     eos_token_ids,
     load_tokenizer,
-    merged_model,
     quiet_transformers,
 )
 from prefgen.errors import ModelError
@@ -89,6 +95,8 @@ def prepare_environment(cfg: GenerateConfig) -> None:
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     if cfg.batch_invariant:
         os.environ["VLLM_BATCH_INVARIANT"] = "1"
+    else:  # off means off, whatever the shell exported
+        os.environ.pop("VLLM_BATCH_INVARIANT", None)
 
 
 @contextlib.contextmanager
@@ -128,6 +136,14 @@ def import_vllm():
     return EngineArgs, SamplingParams, LLMEngine, current_platform
 
 
+def offline_context():
+    """vLLM's usage context for offline batch work (its `LLM` class's): the batch defaults of
+    `EngineArgs.get_batch_defaults` for this platform, not the engine context's smaller ones."""
+    from vllm.usage.usage_lib import UsageContext
+
+    return UsageContext.LLM_CLASS
+
+
 class VLLMEngine(TokenizerSide):
     """A vLLM engine driven by one thread; `start` hands it a batch, `answers` waits for it
     (an `Engine` of engines/base.py)."""
@@ -143,7 +159,14 @@ class VLLMEngine(TokenizerSide):
         self.cfg = cfg
         self.device = device
         self.adapter_merged = False
+        self.lora_request = None  # --lora native: sent with every request
         self.max_running = config.scheduler_config.max_num_seqs
+        # what vLLM chose, printed once and recorded in the ledger's model_loaded event
+        self.settings = {
+            "max_num_seqs": self.max_running,
+            "max_num_batched_tokens": config.scheduler_config.max_num_batched_tokens,
+            "max_model_len": self.max_model_len,
+        }
         self.inbox: queue.Queue = queue.Queue()
         self.failure: BaseException | None = None
         self.closed = False
@@ -205,6 +228,9 @@ class VLLMEngine(TokenizerSide):
                         batch = self.inbox.get(block=block)
                         if batch is None:
                             return
+                        if isinstance(batch, Call):
+                            batch.run(self.llm)
+                            continue
                         if not batch.requests:
                             batch.finish()
                         waiting.extend((batch, *request) for request in batch.requests)
@@ -214,7 +240,7 @@ class VLLMEngine(TokenizerSide):
                 while waiting and len(active) < self.max_running:
                     batch, index, row, params = waiting.popleft()
                     request_id = f"{id(batch)}-{index}"
-                    self.llm.add_request(request_id, {"prompt_token_ids": row}, params)
+                    self.llm.add_request(request_id, {"prompt_token_ids": row}, params, lora_request=self.lora_request)
                     active[request_id] = (batch, index)
                 fault_point("generate", rows=len(active))
                 for output in self.llm.step():
@@ -230,6 +256,13 @@ class VLLMEngine(TokenizerSide):
                 if pending is not None:
                     pending.fail(exc)
 
+    def call(self, function) -> Future:
+        """Run `function(vLLM's engine)` in the driver thread, between steps (check-invariance
+        resets the prefix cache this way, with no request in the engine)."""
+        call = Call(function)
+        self.inbox.put(call)
+        return call.future
+
     def close(self) -> None:
         """Stop the driver and shut the engine down, freeing its memory."""
         if self.closed:
@@ -243,6 +276,20 @@ class VLLMEngine(TokenizerSide):
                 shutdown()
             except Exception as exc:  # noqa: BLE001 (a failing shutdown must not hide the run's result)
                 log.debug("vLLM shutdown: %s", exc)
+
+
+class Call:
+    """A function the driver thread runs on the engine, and its result."""
+
+    def __init__(self, function):
+        self.function = function
+        self.future: Future = Future()
+
+    def run(self, llm) -> None:
+        try:
+            self.future.set_result(self.function(llm))
+        except Exception as exc:  # noqa: BLE001 (handed to the caller)
+            self.future.set_exception(exc)
 
 
 class Batch:
@@ -272,8 +319,9 @@ class Batch:
             self.future.set_exception(exc)
 
 
-def engine_args(EngineArgs, cfg: GenerateConfig, model: str, device: str):
-    """The vLLM engine's arguments for this run's settings and device."""
+def engine_args(EngineArgs, cfg: GenerateConfig, model: str, device: str, lora_rank: int = 0):
+    """The vLLM engine's arguments for this run's settings and device (`lora_rank`: native LoRA,
+    vLLM's max LoRA rank; 0: none). Batch sizes left unset are vLLM's offline defaults."""
     options = dict(
         model=model,
         tokenizer=model,
@@ -292,25 +340,36 @@ def engine_args(EngineArgs, cfg: GenerateConfig, model: str, device: str):
         options["max_model_len"] = cfg.max_model_len
     if cfg.batch_size != "auto":
         options["max_num_seqs"] = cfg.batch_size
+    if cfg.max_batch_tokens:
+        options["max_num_batched_tokens"] = cfg.max_batch_tokens
+    if lora_rank:
+        options.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
     return EngineArgs(**options)
 
 
-def start_engine(EngineArgs, LLMEngine, cfg: GenerateConfig, model: str, device: str, said):
-    """Start vLLM's engine; a start that fails is a ModelError quoting vLLM's last error lines."""
+def start_engine(EngineArgs, LLMEngine, cfg: GenerateConfig, model: str, device: str, said, lora_rank: int = 0):
+    """Start vLLM's engine as vLLM sizes offline work; a start that fails is a ModelError quoting
+    vLLM's last error lines."""
     try:
-        return LLMEngine.from_engine_args(engine_args(EngineArgs, cfg, model, device))
-    except (ValueError, RuntimeError, MemoryError) as exc:
+        args = engine_args(EngineArgs, cfg, model, device, lora_rank)
+        return LLMEngine.from_engine_args(args, usage_context=offline_context())
+    except (ValueError, RuntimeError, MemoryError, NotImplementedError) as exc:
         message = str(exc).strip() or type(exc).__name__
         memory = any(word in message for word in ("memory", "KV cache", "cache blocks", "max_model_len"))
         last_words = said()
+        hint = MEMORY_HINT if memory else "check the model directory and the vLLM installation"
+        if lora_rank:
+            hint = "vLLM could not serve the adapter natively: add --lora merge to merge it into the model"
         raise ModelError(
             f"vLLM could not start on {model}: {message}" + (f"\nvLLM said:\n{last_words}" if last_words else ""),
-            hint=MEMORY_HINT if memory else "check the model directory and the vLLM installation",
+            hint=hint,
         ) from exc
 
 
 def load(cfg: GenerateConfig) -> VLLMEngine:
-    """Start vLLM on the model (merged with the adapter, if any) and load the tokenizer."""
+    """Start vLLM on the model, with the adapter (if any) served natively or merged, and load
+    the tokenizer."""
+    from prefgen.engines.vllm_lora import choose_lora, lora_rank, lora_request, merge_with_room
     from prefgen.runtime.processes import guard_children
 
     if importlib.util.find_spec("vllm") is None:  # before anything is changed
@@ -318,18 +377,20 @@ def load(cfg: GenerateConfig) -> VLLMEngine:
     check_model_ref(cfg.base_model)
     prepare_environment(cfg)
     quiet_transformers()
-    model, merged = merged_model(cfg.base_model, cfg.adapter_path)
+    with captured_stderr():
+        EngineArgs, SamplingParams, LLMEngine, platform = import_vllm()
+    device = "cuda" if platform.is_cuda_alike() else "cpu"
+    lora = choose_lora(cfg, device)
+    model, merged = merge_with_room(cfg.base_model, cfg.adapter_path) if lora == "merge" else (cfg.base_model, False)
     try:
         tokenizer = load_tokenizer(cfg.base_model)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the tokenizer of {cfg.base_model}: {exc}") from exc
-    with captured_stderr():
-        EngineArgs, SamplingParams, LLMEngine, platform = import_vllm()
-    device = "cuda" if platform.is_cuda_alike() else "cpu"
+    rank = lora_rank(cfg.adapter_path) if lora == "native" else 0
     guard_children()  # from here on, what vLLM starts dies with this run
     with captured_stderr() as said:
         fault_point("mid_model_load")
-        llm = start_engine(EngineArgs, LLMEngine, cfg, str(model), device, said)
+        llm = start_engine(EngineArgs, LLMEngine, cfg, str(model), device, said, rank)
     if cfg.device.startswith("cuda") and device != "cuda":
         log.warning("--device %s asked for, but this vLLM runs on the CPU", cfg.device)
     from transformers import GenerationConfig
@@ -340,4 +401,14 @@ def load(cfg: GenerateConfig) -> VLLMEngine:
         generation = None
     engine = VLLMEngine(llm, SamplingParams, tokenizer, eos_token_ids(generation, tokenizer), cfg, device)
     engine.adapter_merged = merged
+    engine.settings["lora"] = lora
+    if lora == "native":
+        engine.lora_request = lora_request(cfg.adapter_path)
+    log.info(
+        "vLLM: up to %d sequences and %d batched tokens per step, context %d tokens%s",
+        engine.settings["max_num_seqs"],
+        engine.settings["max_num_batched_tokens"],
+        engine.max_model_len,
+        f", LoRA {lora}" if lora else "",
+    )
     return engine
