@@ -45,6 +45,9 @@ EQUIVALENCE_MODES = ("lenient", "multiset", "ordered")
 DEDUP_MODES = ("exact", "sql")  # --dedup-rejects: identical text; identical after normalization
 EXPORT_FORMATS = ("llamafactory", "sharegpt", "trl", "kto", "rewards")
 ENGINE_NAMES = ("transformers", "vllm")  # --engine; in the fingerprint only when not the first
+# --lora (vllm): auto (native LoRA on a GPU where vLLM serves the model's LoRA, merge otherwise),
+# native (a LoRARequest per request), merge (the adapter merged into a cached model directory)
+LORA_MODES = ("auto", "native", "merge")
 
 # Each candidate's reward (the ledger's units.reward, `export --format rewards`): the execution
 # reward of Arctic-Text2SQL-R1 (arXiv 2505.20315): 1 correct, 0.1 executes but wrong, 0 fails.
@@ -58,9 +61,6 @@ def execution_reward(verdict: str | None) -> float | None:
 
 
 # Execution limits (--time-limit, --max-rows), shared by generate, verify and pair.
-# --lora (vllm): auto (native LoRA on a GPU where vLLM serves the model's LoRA, merge otherwise),
-# native (a LoRARequest per request), merge (the adapter merged into a cached model directory)
-LORA_MODES = ("auto", "native", "merge")
 DEFAULT_TIME_LIMIT = 5.0
 DEFAULT_MAX_ROWS = 100_000
 
@@ -167,6 +167,7 @@ class GenerateConfig:
     batch_invariant: bool = False  # vllm: VLLM_BATCH_INVARIANT=1, the same text whatever the batch
     max_model_len: int = 0  # the context a prompt must fit (vllm: and its KV cache); 0: the model's
     gpu_memory_utilization: float = 0.9  # vllm: share of GPU memory for weights and KV cache
+    lora: str = "auto"  # vllm: how the adapter is applied, one of LORA_MODES
 
     def __post_init__(self):
         check_num_rejects(self.num_rejects)
@@ -175,6 +176,10 @@ class GenerateConfig:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINE_NAMES)}, not {self.engine!r}")
         if self.batch_invariant and self.engine != "vllm":
             raise ConfigError("--batch-invariant is a vLLM setting", hint="add --engine vllm, or drop the flag")
+        if self.lora not in LORA_MODES:
+            raise ConfigError(f"--lora must be one of {', '.join(LORA_MODES)}, not {self.lora!r}")
+        if self.lora != "auto" and self.engine != "vllm":
+            raise ConfigError("--lora is a vLLM setting", hint="the transformers engine merges the adapter in memory")
         if self.max_model_len < 0 or not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError("--max-model-len must be 0 or more and --gpu-memory-utilization in (0, 1]")
         for name in ("drop_timeout", "drop_unverifiable"):
@@ -228,7 +233,6 @@ class GenerateConfig:
 
     @property
     def onpolicy(self) -> bool:
-    lora: str = "auto"  # vllm: how the adapter is applied, one of LORA_MODES
         return self.pairs == "onpolicy"
 
     @property
@@ -237,10 +241,6 @@ class GenerateConfig:
         return self.max_attempts or self.num_rejects
 
     def check_policy(self):
-        if self.lora not in LORA_MODES:
-            raise ConfigError(f"--lora must be one of {', '.join(LORA_MODES)}, not {self.lora!r}")
-        if self.lora != "auto" and self.engine != "vllm":
-            raise ConfigError("--lora is a vLLM setting", hint="the transformers engine merges the adapter in memory")
         """The execution-verdict policy of --db-root, or None without it."""
         if not self.db_root:
             return None
@@ -278,6 +278,8 @@ class GenerateConfig:
             values["engine"] = self.engine
         if self.batch_invariant:
             values["batch_invariant"] = True
+        if self.lora != "auto":  # added later: only when chosen, so that older ledgers still resume
+            values["lora"] = self.lora
         return values
 
     def settings(self) -> dict:
@@ -310,5 +312,3 @@ def read_config_file(path: str, known: set[str]) -> dict:
             )
         settings[name] = "" if value is None else value
     return settings
-        if self.lora != "auto":  # added later: only when chosen, so that older ledgers still resume
-            values["lora"] = self.lora

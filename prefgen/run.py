@@ -29,7 +29,6 @@ from prefgen.engines.base import Engine
 from prefgen.errors import Interrupted, OutputError
 from prefgen.ledger.store import Ledger
 from prefgen.pending import pending_units, scan_records
-from prefgen.identity import check_identity
 from prefgen.pipeline import CommitPipeline, OpenSamples, attempt_rule
 from prefgen.plan import plan_units, shard
 from prefgen.records import iter_records, require_string_field
@@ -196,7 +195,6 @@ class GenerateRun:
             self.policy.check()
         self.journal.open()
         try:
-        check_identity(ledger, cfg)  # what is at the model and adapter paths, not only the paths
             summary = self.reconcile()
             units = pending_units(self.records(), ledger, self.rule, cfg.seed, self.kept, cfg.dedup_rejects)
             first = next(units, None)  # one pass: its first unit tells whether there is work
