@@ -27,6 +27,7 @@ from prefgen.commit import OutputJournal
 from prefgen.config import GenerateConfig
 from prefgen.engines.base import Engine
 from prefgen.errors import Interrupted, OutputError
+from prefgen.identity import check_identity
 from prefgen.ledger.store import Ledger
 from prefgen.pending import pending_units, scan_records
 from prefgen.pipeline import CommitPipeline, OpenSamples, attempt_rule
@@ -191,6 +192,7 @@ class GenerateRun:
         """Reconcile, then generate what is pending (if anything) as one run in the ledger."""
         cfg, ledger = self.cfg, self.ledger
         ledger.check_fingerprint(cfg.fingerprint())
+        check_identity(ledger, cfg)  # what is at the model and adapter paths, not only the paths
         if self.policy:
             self.policy.check()
         self.journal.open()
