@@ -25,6 +25,13 @@ FINGERPRINT_FIELDS = (
     "rank",
     "world_size",
 )
+# The part of the fingerprint that decides each unit's text (with --engine, --batch-invariant, --lora
+# and meta generation_identity, identity.py); the rest decides only which lines are written from the
+# same answers (judging): a change there leaves every answer as it was.
+GENERATION_FIELDS = frozenset(
+    ("base_model", "adapter_path", "sft_data", "seed", "temperature", "top_p", "max_new_tokens", "system", "rank",
+     "world_size", "engine", "batch_invariant", "lora")
+)
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -95,3 +95,12 @@ def test_weights_are_identified_by_name_size_and_header_without_reading_them(tmp
     (tmp_path / "config.json").write_text('{"a": 1}')
     assert model_identity(str(tmp_path)) != first
     assert model_identity("Qwen/Qwen3-8B") == "ref:Qwen/Qwen3-8B"
+
+
+def test_a_refusal_says_whether_the_generation_or_only_the_judging_changed(workdir, tiny_model, sample_data):
+    out = workdir / "pairs.jsonl"
+    run_cli(generate_args(tiny_model, sample_data, out, max_samples=2))
+    result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=2, seed=7), expect=1)
+    assert "(they decide the generated text)" in result.output.replace("\n", " ")
+    result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=2, dedup_rejects="exact"), expect=1)
+    assert "(judging only: same answers)" in result.output.replace("\n", " ")

@@ -17,6 +17,7 @@ import orjson
 import sqlite_utils
 
 from prefgen import __version__
+from prefgen.config import GENERATION_FIELDS
 from prefgen.errors import ConfigError, LedgerError, SettingsMismatch
 from prefgen.ledger.migrations import MIGRATIONS_TABLE, applied_migrations, now, pending_migrations, upgrade
 from prefgen.ledger.views import RECENT_MINUTES, create_temp_views, speed_sql, views_are_current
@@ -105,8 +106,10 @@ class Ledger:
             if stored.get(key) != fingerprint.get(key)
         ]
         if differing:
+            keys = {key for key in set(stored) | set(fingerprint) if stored.get(key) != fingerprint.get(key)}
+            part = "they decide the generated text" if keys & GENERATION_FIELDS else "judging only: same answers"
             raise SettingsMismatch(
-                f"{self.path} was started with other settings: " + "; ".join(differing),
+                f"{self.path} was started with other settings: " + "; ".join(differing) + f" ({part})",
                 hint="run with the ledger's settings, or pass a new --output (or --ledger) to start a separate run",
             )
 
