@@ -1,6 +1,7 @@
 """prefgen's command line: the `prefgen` group and its commands, one module per family.
 
   generate.py   generate
+  invariance.py check-invariance
   files.py      export, verify, pair, merge, repair, tiny-model
   ledger.py     ledger status/show/failures/retry, browse
   options.py    parameter types and the option groups commands share (defaults from config)
@@ -17,6 +18,7 @@ import click
 from prefgen import __version__
 from prefgen.cli.files import export, merge, pair, repair, tiny_model, verify
 from prefgen.cli.generate import generate
+from prefgen.cli.invariance import check_invariance
 from prefgen.cli.ledger import browse, ledger
 from prefgen.cli.terminal import EXIT_INCOMPLETE, friendly_errors, setup_logging
 
@@ -31,5 +33,5 @@ def cli():
 
 
 # In the order --help has always listed them (click sorts them by name anyway).
-for command in (generate, tiny_model, repair, merge, export, verify, pair, browse, ledger):
+for command in (generate, tiny_model, repair, merge, export, verify, pair, browse, ledger, check_invariance):
     cli.add_command(command)
