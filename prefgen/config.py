@@ -175,6 +175,7 @@ class GenerateConfig:
     max_model_len: int = 0  # the context a prompt must fit (vllm: and its KV cache); 0: the model's
     gpu_memory_utilization: float = 0.9  # vllm: share of GPU memory for weights and KV cache
     lora: str = "auto"  # vllm: how the adapter is applied, one of LORA_MODES
+    reuse_answers: str = ""  # an earlier run (output or ledger) whose answers this one takes (reuse.py)
 
     def __post_init__(self):
         check_num_rejects(self.num_rejects)

@@ -234,7 +234,7 @@ class GenerateRun:
         if engine is None:
             from prefgen.engines import load_engine
 
-            engine = load_engine(self.cfg)
+            engine = load_engine(self.cfg) if not self.cfg.reuse_answers else self.reuse_engine(load_engine)
         self.ledger.record_event(
             self.run_id,
             "model_loaded",
@@ -244,6 +244,12 @@ class GenerateRun:
         fault_point("after_model_load")
         self.stop.check()
         return engine
+
+    def reuse_engine(self, load_engine) -> Engine:
+        """--reuse-answers: the earlier run's answers; the model is loaded only for what it lacks."""
+        from prefgen.reuse import reuse_engine
+
+        return reuse_engine(self.cfg, lambda: load_engine(self.cfg))
 
     def choose_batch_size(self, engine: Engine) -> int:
         """`--batch-size`, or for `auto` the largest that fits the longest of the first prompts."""

@@ -104,3 +104,4 @@ def test_a_refusal_says_whether_the_generation_or_only_the_judging_changed(workd
     assert "(they decide the generated text)" in result.output.replace("\n", " ")
     result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=2, dedup_rejects="exact"), expect=1)
     assert "(judging only: same answers)" in result.output.replace("\n", " ")
+    assert f"--reuse-answers {out}.ledger.sqlite" in result.output.replace("\n", "")

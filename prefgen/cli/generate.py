@@ -61,6 +61,13 @@ from prefgen.runtime.lock import exclusive
     "copy; auto: native on a GPU where vLLM serves the model's LoRA, merge otherwise.",
 )
 @click.option("--adapter-path", default=default("adapter_path"), help="PEFT LoRA adapter directory; empty for none.")
+@click.option(
+    "--reuse-answers",
+    default=default("reuse_answers"),
+    metavar="OLD",
+    help="Take each answer from the ledger of an earlier run (its output or ledger, finished or not) made with "
+    "the same model, adapter, prompt and sampling; generate only what it lacks (no model when it has all).",
+)
 @click.option("--sft-data", required=True, help="Alpaca records: a JSON array (.json) or JSON Lines (.jsonl).")
 @click.option(
     "--output",

@@ -100,17 +100,15 @@ class Ledger:
                 self.set_meta({"fingerprint": fingerprint})
             return
         stored = orjson.loads(stored)
-        differing = [
-            f"{key} (ledger: {stored.get(key)!r}, now: {fingerprint.get(key)!r})"
-            for key in sorted(set(stored) | set(fingerprint))
-            if stored.get(key) != fingerprint.get(key)
-        ]
+        keys = sorted(key for key in set(stored) | set(fingerprint) if stored.get(key) != fingerprint.get(key))
+        differing = [f"{key} (ledger: {stored.get(key)!r}, now: {fingerprint.get(key)!r})" for key in keys]
         if differing:
-            keys = {key for key in set(stored) | set(fingerprint) if stored.get(key) != fingerprint.get(key)}
-            part = "they decide the generated text" if keys & GENERATION_FIELDS else "judging only: same answers"
+            same = not GENERATION_FIELDS.intersection(keys)  # judging only: the answers would be the same
             raise SettingsMismatch(
-                f"{self.path} was started with other settings: " + "; ".join(differing) + f" ({part})",
-                hint="run with the ledger's settings, or pass a new --output (or --ledger) to start a separate run",
+                f"{self.path} was started with other settings: " + "; ".join(differing)
+                + (" (judging only: same answers)" if same else " (they decide the generated text)"),
+                hint="run with the ledger's settings, or pass a new --output (or --ledger) to start a separate run"
+                + (f", with --reuse-answers {self.path} to judge its answers anew, ungenerated" if same else ""),
             )
 
     # --- runs and events ------------------------------------------------------------------------
