@@ -93,6 +93,12 @@ bench: $(STAMP)
 bench-engines: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python benchmarks/bench_engines.py $(BENCH_ARGS)
 
+# On a GPU machine with torch and transformers but no package registry: no venv is built, the
+# Python given runs it (PYTHON=...; vLLM is measured too where it imports). docs/benchmarks.md.
+.PHONY: bench-gpu
+bench-gpu:
+	$(PYTHON) benchmarks/bench_gpu.py $(BENCH_ARGS)
+
 # The fast tests, one of each kind of promise (a kill and resume, a fault, ...): the slow ones
 # (marked `slow`: kill matrices, chaos, torchrun, the browser, trainers) and those needing a
 # virtual environment of their own (`clients`, `vllm`) are left to `make check`.
