@@ -82,7 +82,11 @@ def test_end_to_end_and_the_batch_does_not_change_any_unit(vllm_reference, tiny_
     units = query(str(reference) + ".ledger.sqlite", "select * from units")
     assert len(units) == 36 and all(u["raw_answer"] is not None for u in units)
     events = query(str(reference) + ".ledger.sqlite", "select detail from events where kind = 'model_loaded'")
-    assert orjson.loads(events[0]["detail"])["engine"] == "vllm"
+    detail = orjson.loads(events[0]["detail"])
+    assert detail["engine"] == "vllm"
+    # what vLLM used: --batch-size as max_num_seqs; batched tokens its offline default, raised
+    # to the context on CPU, where prefgen turns chunked prefill off
+    assert (detail["max_num_seqs"], detail["max_num_batched_tokens"], detail["max_model_len"]) == (8, 8192, 8192)
     one = workdir / "one.jsonl"
     code, output = run(vllm_args(tiny_model, data, one, batch_size=1))
     assert code == 0, output
@@ -233,3 +237,64 @@ def test_resuming_a_vllm_run_with_the_transformers_engine_is_refused(vllm_refere
     data, reference = vllm_reference
     code, output = run(generate_args(tiny_model, data, reference, **{**FLAGS, "engine": "transformers"}))
     assert code == 1 and "engine (ledger: 'vllm', now: None)" in output
+
+
+def test_the_engine_is_sized_as_vllms_llm_class_sizes_offline_work(tiny_model):
+    """The engine config prefgen builds, without starting the engine: vLLM's offline defaults
+    for this platform (EngineArgs.get_batch_defaults, LLM_CLASS), not the engine context's."""
+    from dataclasses import replace
+
+    from vllm import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
+    from prefgen.config import GenerateConfig
+    from prefgen.engines.vllm import engine_args, offline_context
+
+    cfg = GenerateConfig(base_model=str(tiny_model), sft_data="d", output="o", engine="vllm", batch_size="auto")
+    tokens, seqs = EngineArgs.get_batch_defaults(1)
+    assert offline_context() == UsageContext.LLM_CLASS
+
+    def scheduler(cfg):
+        config = engine_args(EngineArgs, cfg, str(tiny_model), "cpu").create_engine_config(offline_context())
+        return config.scheduler_config, config.model_config.max_model_len
+
+    chosen, context = scheduler(cfg)
+    assert chosen.max_num_seqs == seqs[UsageContext.LLM_CLASS] > 128  # 128: the engine context's default
+    # without chunked prefill (off on CPU) vLLM raises the batched tokens to the context
+    assert chosen.max_num_batched_tokens == max(tokens[UsageContext.LLM_CLASS], context)
+    chosen, _ = scheduler(replace(cfg, batch_size=8, max_batch_tokens=9000))
+    assert (chosen.max_num_seqs, chosen.max_num_batched_tokens) == (8, 9000)
+
+
+def test_native_lora_asks_vllm_for_the_adapters_rank_and_sends_it_with_each_request(tiny_model, workdir):
+    from vllm import EngineArgs
+
+    from prefgen.config import GenerateConfig
+    from prefgen.engines.vllm import engine_args
+    from prefgen.engines.vllm_lora import allowed_ranks, lora_rank, lora_request
+
+    adapter = workdir / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 12}')
+    assert lora_rank(str(adapter)) == 16 and 16 in allowed_ranks()
+    request = lora_request(str(adapter))
+    assert (request.lora_name, request.lora_int_id, request.lora_path) == ("adapter", 1, str(adapter.resolve()))
+    cfg = GenerateConfig(base_model=str(tiny_model), sft_data="d", output="o", engine="vllm", lora="native")
+    args = engine_args(EngineArgs, cfg, str(tiny_model), "cpu", lora_rank=16)
+    assert (args.enable_lora, args.max_lora_rank, args.max_loras) == (True, 16, 1)
+
+
+def test_check_invariance_runs_both_modes_and_finds_every_text_identical_on_cpu(tiny_model, workdir):
+    """Off and on in processes of their own; vLLM's CPU build may lack the invariant mode's
+    kernels for this MoE model, which is then reported, not fatal (off is the mode judged)."""
+    data = workdir / "data.json"
+    data.write_bytes((ROOT / "examples" / "spider_en" / "department_store_alpaca.json").read_bytes())
+    args = ["check-invariance", "--engine", "vllm", "--base-model", str(tiny_model), "--sft-data", str(data)]
+    args += ["--device", "cpu", "--samples", "1", "--num-rejects", "2", "--batch-size", "4", "--max-new-tokens", "6"]
+    code, output = run(args)
+    assert code == 0, output
+    assert "Engine vllm on cpu; full batch: 4 rows" in output
+    assert "invariant off  sample/reject  alone, cached  batch          batch, cached" in output
+    assert "0/0            same           same           same" in output
+    assert "invariant on" in output and "DIFFERS" not in output
+    assert "All 2 units identical under every condition: here, a resumed run writes the same bytes" in output
