@@ -83,6 +83,7 @@ def unit_row(item: Judged) -> dict:
         "prompt_tokens": answer.prompt_tokens,
         "new_tokens": answer.new_tokens,
         "gen_seconds": answer.seconds,
+        "source": answer.source,
         "role": item.role,
         "verdict": verdict and verdict.verdict,
         "verdict_detail": verdict and verdict.detail,

@@ -131,7 +131,8 @@ class ReuseEngine:
             self.reused += 1
             self.saved_seconds += row["gen_seconds"] or 0.0
             text, tokens = row["raw_answer"], row["new_tokens"] or 0
-            result.append(Answer(text, row["prompt_tokens"], tokens, 0.0, too_long=row["status"] == TOO_LONG))
+            seconds, too_long = row["gen_seconds"] or 0.0, row["status"] == TOO_LONG
+            result.append(Answer(text, row["prompt_tokens"], tokens, seconds, too_long=too_long, source="reused"))
         return result, backoffs
 
     def close(self) -> None:
@@ -143,3 +144,25 @@ def reuse_engine(cfg: GenerateConfig, load: Callable[[], Engine]) -> ReuseEngine
     """The engine of a --reuse-answers run: OLD's answers first, `load()` for the rest."""
     return ReuseEngine(read_answers(cfg, cfg.reuse_answers), load, "none (answers reused)")
 
+
+
+def answer_sources(db) -> dict:
+    """Answers generated and reused in a ledger, and the generation seconds the reused ones had
+    cost the run that made them (the GPU time reuse saved); a ledger before `source`: all generated."""
+    has_source = "source" in db["units"].columns_dict
+    reused = "source = 'reused'" if has_source else "0"
+    sql = (
+        f"select count(*) - coalesce(sum({reused}), 0) as generated, coalesce(sum({reused}), 0) as reused,"
+        f" coalesce(sum(case when {reused} then gen_seconds end), 0.0) as saved_s"
+        " from units where raw_answer is not null"
+    )
+    row = next(db.query(sql))
+    return {"generated": row["generated"], "reused": row["reused"], "saved_gpu_s": round(row["saved_s"], 3)}
+
+
+def reuse_line(answers: dict) -> str:
+    """The line of `ledger status` and of generate's summary saying what --reuse-answers saved."""
+    return (
+        f"Answers  {answers['reused']} reused from an earlier run, {answers['generated']} generated;"
+        f" {answers['saved_gpu_s']:.1f}s of generation saved"
+    )

@@ -58,6 +58,7 @@ class Answer:
     seconds: float
     oom: bool = False  # the unit did not fit in memory even alone
     too_long: bool = False  # the prompt does not fit the engine's context
+    source: str = "generated"  # or "reused": taken from an earlier run's ledger (--reuse-answers)
 
 
 # Execution verdicts (sql/verdict.py decides them)

@@ -13,6 +13,7 @@ STATUS_KEYS = {
     "samples",
     "lines_written",
     "tokens",
+    "answers",
     "throughput",
     "eta_s",
     "last_update",
@@ -158,6 +159,7 @@ def test_ledger_schema(partial_run):
         "order_differs": int,
         "role": str,
         "reward": float,
+        "source": str,
     }
     assert db["units"].pks == ["sample_index", "reject_index"]
     assert db["samples"].columns_dict == {"sample_index": int, "db": str, "instruction": str, "input": str, "gold": str}
@@ -180,6 +182,7 @@ def test_ledger_schema(partial_run):
         "m005_onpolicy_pairs",
         "m006_browse",
         "m008_rewards",
+        "m010_answer_source",
     ]
 
 

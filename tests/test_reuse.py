@@ -1,5 +1,6 @@
 """--reuse-answers: a re-judged run takes its answers from an earlier run's ledger (issue 17)."""
 
+import orjson
 import pytest
 from conftest import (
     DB_ROOT,
@@ -32,11 +33,19 @@ def test_a_rejudged_run_is_byte_identical_to_a_fresh_one(workdir, tiny_model, sa
     run_cli(generate_args(tiny_model, sample_data, fresh, max_samples=4, **change))
     if "num_rejects" not in change:
         monkeypatch.setattr(prefgen.engines, "load_engine", fail_to_load)
-    run_cli(generate_args(tiny_model, sample_data, new, max_samples=4, reuse_answers=old, **change))
+    result = run_cli(generate_args(tiny_model, sample_data, new, max_samples=4, reuse_answers=old, **change))
     assert new.read_bytes() == fresh.read_bytes()
     columns = "sample_index, reject_index, status, raw_answer, new_tokens"
     sql = f"select {columns} from units order by sample_index, reject_index"
     assert query(str(new) + ".ledger.sqlite", sql) == query(str(fresh) + ".ledger.sqlite", sql)
+    sources = query(str(new) + ".ledger.sqlite", "select source, count(*) as n from units group by source")
+    reused, generated = (8, 0) if "num_rejects" not in change else (8, 4)
+    assert {row["source"]: row["n"] for row in sources} == {"reused": reused, **({"generated": 4} if generated else {})}
+    assert f"Answers  {reused} reused from an earlier run, {generated} generated;" in result.output
+    status = orjson.loads(run_cli(["ledger", "status", str(new) + ".ledger.sqlite", "--json"]).output)
+    saved = query(str(old) + ".ledger.sqlite", "select sum(gen_seconds) as s from units")[0]["s"]
+    assert status["answers"] == {"generated": generated, "reused": reused, "saved_gpu_s": round(saved, 3)}
+    assert "Answers  " in run_cli(["ledger", "status", str(new) + ".ledger.sqlite"]).output
 
 
 def test_answers_of_another_generation_are_refused_by_name(workdir, tiny_model, sample_data):

@@ -11,6 +11,7 @@ import orjson
 
 from prefgen.ledger.store import Ledger
 from prefgen.ledger.views import RECENT_MINUTES
+from prefgen.reuse import answer_sources, reuse_line
 
 
 def human_number(value: float) -> str:
@@ -54,6 +55,7 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         settings = orjson.loads(runs and ledger.runs()[-1]["settings"] or "{}")
         mode = orjson.loads(ledger.meta("fingerprint") or "{}").get("pairs", "gold")
         paired = ledger.paired_summary() if mode == "onpolicy" else None
+        answers = answer_sources(ledger.db)
     finally:
         ledger.close()
     samples_total = progress["samples_total"] or 0
@@ -76,6 +78,7 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         "lines_written": progress["lines_written"],
         "pairs": _pairs_data(mode, paired),
         "tokens": {"prompt": overall["prompt_tokens"], "generated": overall["new_tokens"]},
+        "answers": answers,
         "throughput": {
             "units_per_s": speed["units_per_s"],
             "tokens_per_s": speed["tokens_per_s"],
@@ -125,6 +128,8 @@ def format_status(data: dict) -> str:
         f"{_speed(speed['recent_units_per_s'], speed['recent_tokens_per_s'])} last {speed['recent_minutes']}m",
         f"ETA      {human_duration(data['eta_s'])}",
     ]
+    if data["answers"]["reused"]:  # --reuse-answers
+        lines.insert(5, reuse_line(data["answers"]))
     if units["by_verdict"]:
         lines.insert(4, "Verdicts " + ", ".join(f"{k} {v}" for k, v in sorted(units["by_verdict"].items())))
     pairs = data["pairs"]

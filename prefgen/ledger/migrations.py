@@ -140,10 +140,16 @@ def m008_rewards(db: sqlite_utils.Database) -> None:
     db["units"].add_column("reward", float)
 
 
+def m010_answer_source(db: sqlite_utils.Database) -> None:
+    """Where each unit's answer came from: `generated` by this ledger's runs, or `reused` from an
+    earlier run's ledger (--reuse-answers); NULL in ledgers made before."""
+    db["units"].add_column("source", str)
+
+
 # Migrations that only add columns no view and no reader of prefgen's reads: a ledger without
 # them is still read (status, browse, export) without being written; its first writing open adds
 # them. Readers of an older prefgen's ledger thus keep working after an upgrade.
-READER_OPTIONAL = frozenset({"m008_rewards"})
+READER_OPTIONAL = frozenset({"m008_rewards", "m010_answer_source"})
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     m001_initial,
@@ -153,6 +159,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     m005_onpolicy_pairs,
     m006_browse,
     m008_rewards,
+    m010_answer_source,
 ]
 
 
