@@ -11,6 +11,7 @@ ADAPTER ?=
 DATA ?= examples/spider_en/department_store_alpaca.json
 OUT ?= runs/demo.jsonl
 LEDGER ?=
+REUSE ?=  # an earlier run's output or ledger whose answers this run takes (--reuse-answers)
 NUM_REJECTS ?= 2
 SEED ?= 1234
 TEMPERATURE ?= 0.7
@@ -69,7 +70,7 @@ generate: $(GEN_STAMP) $(GEN_DEPS)
 	@mkdir -p $(dir $(OUT))
 	$(GEN_BIN)/prefgen generate --engine $(ENGINE) --pairs $(PAIRS) \
 	  --base-model '$(GEN_MODEL)' --adapter-path '$(ADAPTER)' \
-	  --sft-data '$(DATA)' --output '$(OUT)' $(if $(LEDGER),--ledger '$(LEDGER)') \
+	  --sft-data '$(DATA)' --output '$(OUT)' $(if $(LEDGER),--ledger '$(LEDGER)') $(if $(REUSE),--reuse-answers '$(REUSE)') \
 	  --num-rejects $(NUM_REJECTS) --seed $(SEED) --max-new-tokens $(MAX_NEW_TOKENS) \
 	  --temperature $(TEMPERATURE) --top-p $(TOP_P) --max-samples $(MAX_SAMPLES) \
 	  --batch-size $(BATCH_SIZE) --device $(DEVICE) --system '$(SYSTEM)' \
