@@ -450,7 +450,7 @@ def startup_comparison(model: str, device: str, work: Path) -> dict:
 @click.option("--skip-startup", is_flag=True, help="Skip the 1,000,000-record start-up measurement.")
 @click.option(
     "--only",
-    type=click.Choice(["main", "grouping", "dropping", "verdicts", "startup", "verify"]),
+    type=click.Choice(["main", "grouping", "dropping", "verdicts", "startup", "verify", "reuse"]),
     multiple=True,
     help="Run only these comparisons (repeatable) [default: all].",
 )
@@ -488,6 +488,10 @@ def main(model, device, samples, rejects, max_new_tokens, batch_size, skip_start
             for name, compare in comparisons.items():
                 if not only or name in only:
                     results[name] = compare(engine, cfg, work)
+        if not only or "reuse" in only:
+            from bench_reuse import reuse_comparison
+
+            results["reuse"] = reuse_comparison(cfg, work)
         if (not only and not skip_startup) or "startup" in only:
             results["startup"] = startup_comparison(model, device, work)
     if json_out:
