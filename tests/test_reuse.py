@@ -13,6 +13,7 @@ from conftest import (
     generate_args,
     query,
     read_jsonl,
+    run,
     run_cli,
     write_records,
 )
@@ -85,3 +86,18 @@ def test_judging_changed_on_executed_answers_is_a_fresh_runs_bytes(workdir, monk
     new = scripted_run(workdir, "new.jsonl", None, reuse_answers=str(old), **after)
     assert new.read_bytes() == fresh.read_bytes() and len(read_jsonl(new)) > 0
     assert_ledger_agrees_with_file(new)
+
+
+def test_a_reusing_run_killed_midway_resumes_to_a_fresh_runs_bytes(workdir, tiny_model, sample_data):
+    old, fresh, new = workdir / "old.jsonl", workdir / "fresh.jsonl", workdir / "new.jsonl"
+    flags = dict(max_samples=6, batch_size=3, lookahead=1)
+    run_cli(generate_args(tiny_model, sample_data, old, **flags))
+    run_cli(generate_args(tiny_model, sample_data, fresh, dedup_rejects="exact", **flags))
+    args = generate_args(tiny_model, sample_data, new, dedup_rejects="exact", reuse_answers=old, **flags)
+    code, _ = run(args, fault="after_commit:kill@2")
+    assert code == -9 and 0 < len(read_jsonl(new)) < len(read_jsonl(fresh))
+    code, output = run(args)
+    assert code == 0, output
+    assert new.read_bytes() == fresh.read_bytes()
+    assert_ledger_agrees_with_file(new)
+    assert {row["source"] for row in query(str(new) + ".ledger.sqlite", "select source from units")} == {"reused"}
