@@ -51,7 +51,7 @@ def output_line(item: Judged) -> bytes:
 
 def pair_line(sample: SamplePairs, pair: Pair) -> bytes:
     """The JSONL line of an on-policy pair, with both sides' attempts, seeds and verdicts."""
-    fields = pair_fields(pair, sample.record.output, sample.answer)
+    fields = pair_fields(pair, sample.record.output, sample.answer, sample.scored)
     chosen, rejected = fields.pop("chosen"), fields.pop("rejected")
     return _line(sample.record, chosen, rejected, fields)
 
@@ -89,11 +89,19 @@ def unit_row(item: Judged) -> dict:
         "verdict_detail": verdict and verdict.detail,
         "multiset_differs": verdict and int(verdict.multiset_differs),
         "order_differs": verdict and int(verdict.order_differs),
+        "spider_correct": _score(verdict and verdict.spider),
+        "bird_correct": _score(verdict and verdict.bird),
+        "result_digest": (verdict and verdict.digest) or None,
         "reward": execution_reward(verdict and verdict.verdict),
         "line_offset": None,
         "line_length": None,
         "line": None,
     }
+
+
+def _score(score: bool | None) -> int | None:
+    """An evaluator's score as the ledger holds it: 1 right, 0 wrong, NULL not scored."""
+    return None if score is None else int(score)
 
 
 def hash_range(path: Path, start: int, end: int) -> "hashlib._Hash":

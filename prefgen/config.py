@@ -38,7 +38,18 @@ if TYPE_CHECKING:
     from prefgen.units import Verdict
 # The fields of checker.CheckPolicy (--db-root). Added later: in the fingerprint only when
 # used, so that older ledgers still resume.
-CHECK_FIELDS = ("db_root", "db_field", "equivalence", "drop_timeout", "drop_unverifiable", "time_limit", "max_rows")
+CHECK_FIELDS = (
+    "db_root",
+    "db_field",
+    "equivalence",
+    "drop_timeout",
+    "drop_unverifiable",
+    "time_limit",
+    "max_rows",
+    "evaluator",
+    "gold_suspect",
+    "suspect_share",
+)
 # --pairs onpolicy and how its pairs are made; in the fingerprint only in that mode.
 PAIR_FIELDS = ("pairs", "answer", "fallback")
 
@@ -52,6 +63,18 @@ EQUIVALENCE_MODES = ("lenient", "multiset", "ordered")
 DEDUP_MODES = ("exact", "sql")  # --dedup-rejects: identical text; identical after normalization
 EXPORT_FORMATS = ("llamafactory", "sharegpt", "trl", "kto", "rewards")
 ENGINE_NAMES = ("transformers", "vllm")  # --engine; in the fingerprint only when not the first
+# --evaluator: whose execution accuracy a candidate must satisfy (sql/evaluators.py); `lenient`,
+# not offered, is the rule of ledgers made before it (rows as sets, columns in any order)
+EVALUATORS = ("spider", "bird", "both")
+DEFAULT_EVALUATOR, LENIENT = "both", "lenient"
+# --gold-suspect: a sample whose gold looks wrong (it fails, or most executable answers agree on
+# another result, at least --suspect-share of them and at least 2) is flagged; skip: no pair from it
+GOLD_SUSPECT_MODES = ("keep", "skip")
+DEFAULT_SUSPECT_SHARE = 0.6
+# Judging settings added after the first ledgers: in the fingerprint only when not these values,
+# so that a ledger made before them resumes (its runs keep the rule they were made with).
+CHECK_LEGACY = {"evaluator": LENIENT, "gold_suspect": "keep", "suspect_share": DEFAULT_SUSPECT_SHARE}
+
 # --lora (vllm): auto (native LoRA on a GPU where vLLM serves the model's LoRA, merge otherwise),
 # native (a LoRARequest per request), merge (the adapter merged into a cached model directory)
 LORA_MODES = ("auto", "native", "merge")
@@ -81,6 +104,16 @@ def check_num_rejects(num_rejects: int) -> None:
         )
 
 
+def check_judging(evaluator: str, gold_suspect: str, suspect_share: float) -> None:
+    """Refuse --evaluator / --gold-suspect / --suspect-share values that cannot work."""
+    if evaluator not in (*EVALUATORS, LENIENT, ""):
+        raise ConfigError(f"--evaluator must be one of {', '.join(EVALUATORS)}, not {evaluator!r}")
+    if gold_suspect not in GOLD_SUSPECT_MODES:
+        raise ConfigError(f"--gold-suspect must be one of {', '.join(GOLD_SUSPECT_MODES)}, not {gold_suspect!r}")
+    if not 0 < suspect_share <= 1:
+        raise ConfigError(f"--suspect-share must be in (0, 1], not {suspect_share}")
+
+
 def check_pair_modes(answer: str, fallback: str) -> None:
     """Refuse --answer / --fallback values, and the combination that would teach the wrong thing."""
     for name, value, modes in (("answer", answer, ANSWER_MODES), ("fallback", fallback, FALLBACK_MODES)):
@@ -104,6 +137,13 @@ class CheckPolicy:
     drop_unverifiable: bool = False
     time_limit: float = DEFAULT_TIME_LIMIT
     max_rows: int = DEFAULT_MAX_ROWS
+    evaluator: str = ""  # "": DEFAULT_EVALUATOR
+    gold_suspect: str = "keep"
+    suspect_share: float = DEFAULT_SUSPECT_SHARE
+
+    def __post_init__(self):
+        if not self.evaluator:
+            object.__setattr__(self, "evaluator", DEFAULT_EVALUATOR)
 
     def check(self) -> None:
         """Refuse settings that cannot work, before any work is done."""
@@ -116,6 +156,7 @@ class CheckPolicy:
             raise ConfigError(f"--equivalence must be one of {', '.join(EQUIVALENCE_MODES)}, not {self.equivalence!r}")
         if self.time_limit <= 0 or self.max_rows < 1:
             raise ConfigError("--time-limit must be above 0 and --max-rows at least 1")
+        check_judging(self.evaluator, self.gold_suspect, self.suspect_share)
 
     def keeps(self, verdict: Verdict) -> bool:
         """Whether a reject with this verdict is worth training on, under this policy."""
@@ -167,6 +208,9 @@ class GenerateConfig:
     time_limit: float = DEFAULT_TIME_LIMIT
     max_rows: int = DEFAULT_MAX_ROWS
     exec_workers: int = 0  # processes executing SQL; 0: min(4, cores / 2)
+    evaluator: str = ""  # spider, bird or both; "": both, or for a ledger made before it `lenient` (for_ledger)
+    gold_suspect: str = "keep"  # a sample whose gold looks wrong: keep its pairs, or skip it
+    suspect_share: float = DEFAULT_SUSPECT_SHARE
     pairs: str = "gold"  # gold: the gold is chosen; onpolicy: the model's own correct answer
     answer: str = "sql"  # onpolicy: what a side holds: the extracted SQL, or the whole answer
     fallback: str = "none"  # onpolicy: "gold" pairs the gold with a sample that has no correct answer
@@ -221,6 +265,9 @@ class GenerateConfig:
             )
         if self.exec_workers < 0:
             raise ConfigError(f"--exec-workers must be 0 (automatic) or more, not {self.exec_workers}")
+        if self.evaluator is None:  # the CLI's "not given"
+            object.__setattr__(self, "evaluator", "")
+        check_judging(self.evaluator, self.gold_suspect, self.suspect_share)
 
     def _check_pairs(self) -> None:
         if self.pairs not in PAIR_MODES:
@@ -247,6 +294,15 @@ class GenerateConfig:
     def attempts(self) -> int:
         """The most units one sample may use (--max-attempts, by default --num-rejects)."""
         return self.max_attempts or self.num_rejects
+
+    def for_ledger(self, fingerprint: dict | None) -> "GenerateConfig":
+        """These settings with --evaluator resolved: as given, or unset, `lenient` for a ledger
+        whose run executed SQL before evaluator profiles (it resumes with the rule it was made
+        with) and DEFAULT_EVALUATOR otherwise."""
+        if self.evaluator:
+            return self
+        legacy = fingerprint is not None and "db_root" in fingerprint and "evaluator" not in fingerprint
+        return dataclasses.replace(self, evaluator=LENIENT if legacy else DEFAULT_EVALUATOR)
 
     def check_policy(self):
         """The execution-verdict policy of --db-root, or None without it."""
@@ -277,7 +333,9 @@ class GenerateConfig:
         if self.attempts != self.num_rejects:
             values["max_attempts"] = self.attempts
         if self.db_root:
-            values.update({name: getattr(self, name) for name in CHECK_FIELDS})
+            judging = {name: getattr(self, name) for name in CHECK_FIELDS}
+            judging["evaluator"] = self.evaluator or DEFAULT_EVALUATOR
+            values.update((k, v) for k, v in judging.items() if CHECK_LEGACY.get(k, values) != v)
             values["db_root"] = str(Path(self.db_root).expanduser().resolve())
             values["time_limit"] = float(self.time_limit)
         if self.onpolicy:

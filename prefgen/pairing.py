@@ -39,6 +39,13 @@ class Candidate:
     seed: int | None = None
     verdict: str | None = None
     detail: str = ""
+    spider: bool | None = None  # Spider's and BIRD's scores (None: not scored)
+    bird: bool | None = None
+
+    @property
+    def scores(self) -> dict:
+        """Each evaluator's score, as the pair lines carry them."""
+        return {"spider": self.spider, "bird": self.bird}
 
     def text(self, mode: str) -> str:
         """What goes into the pair: the extracted SQL or the whole answer."""
@@ -107,10 +114,11 @@ def model_pairs(candidates: list[Candidate], num_pairs: int) -> int:
     return len(form_pairs(candidates, num_pairs))
 
 
-def pair_fields(pair: Pair, gold_sql: str, answer: str) -> dict:
-    """The pair's `chosen` / `rejected` and where each side came from."""
+def pair_fields(pair: Pair, gold_sql: str, answer: str, scored: bool = False) -> dict:
+    """The pair's `chosen` / `rejected` and where each side came from; `scored`: with each side's
+    evaluator scores (runs made before evaluator profiles have lines without them)."""
     chosen, rejected = pair.chosen, pair.rejected
-    return {
+    fields = {
         "chosen": gold_sql if chosen is None else chosen.text(answer),
         "rejected": rejected.text(answer),
         "chosen_source": GOLD if chosen is None else MODEL,
@@ -123,6 +131,9 @@ def pair_fields(pair: Pair, gold_sql: str, answer: str) -> dict:
         "rejected_verdict": rejected.verdict,
         "rejected_detail": rejected.detail,
     }
+    if scored:
+        fields.update(chosen_scores=None if chosen is None else chosen.scores, rejected_scores=rejected.scores)
+    return fields
 
 
 def candidate_from_row(row: dict) -> Candidate:
@@ -135,7 +146,13 @@ def candidate_from_row(row: dict) -> Candidate:
         seed=row.get("seed"),
         verdict=row.get("verdict"),
         detail=row.get("verdict_detail") or "",
+        spider=_score(row.get("spider_correct")),
+        bird=_score(row.get("bird_correct")),
     )
+
+
+def _score(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
 
 
 @dataclass(frozen=True)
@@ -146,6 +163,8 @@ class SamplePairs:
     pairs: list[Pair]
     candidates: list[Candidate]
     answer: str = "sql"
+    scored: bool = False  # the lines carry each side's evaluator scores (not with the lenient rule)
+    gold_suspect: str = ""  # why the gold looks wrong, or ""
 
     @property
     def fallback(self) -> bool:

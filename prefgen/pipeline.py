@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 from prefgen.attempts import AttemptRule
 from prefgen.batching import window_start
 from prefgen.commit import OutputJournal, unit_row
-from prefgen.config import GenerateConfig
+from prefgen.config import LENIENT, GenerateConfig
 from prefgen.engines.base import Engine
 from prefgen.judge import judge_batch, with_verdict
 from prefgen.ledger.store import Ledger
@@ -105,7 +105,7 @@ class OpenSamples:
         cfg = self.cfg
         candidates = [candidate_from_row(row) for row in rows if row["status"] == CANDIDATE]
         pairs = form_pairs(candidates, cfg.num_rejects, cfg.answer, cfg.fallback, record.output)
-        return SamplePairs(record, pairs, candidates, cfg.answer)
+        return SamplePairs(record, pairs, candidates, cfg.answer, scored=cfg.evaluator != LENIENT)
 
 
 class CommitPipeline:

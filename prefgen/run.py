@@ -22,6 +22,8 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Iterator
 
+import orjson
+
 from prefgen.batching import batches
 from prefgen.commit import OutputJournal
 from prefgen.config import GenerateConfig
@@ -169,6 +171,8 @@ class GenerateRun:
     """One process's run over its ledger: reconcile, plan, load the engine, loop, summarise."""
 
     def __init__(self, cfg: GenerateConfig, ledger: Ledger, stop: StopSignals, show_progress: bool):
+        stored = ledger.meta("fingerprint")  # --evaluator unset: the rule the ledger was made with
+        cfg = cfg.for_ledger(orjson.loads(stored) if stored else None)
         self.cfg, self.ledger, self.stop, self.show_progress = cfg, ledger, stop, show_progress
         self.journal = OutputJournal(ledger, cfg.output_path, cfg.db_field)
         self.policy = cfg.check_policy()

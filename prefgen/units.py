@@ -67,17 +67,22 @@ WRONG_RESULT = "wrong_result"
 EXEC_ERROR = "exec_error"
 TIMEOUT = "timeout"
 UNVERIFIABLE = "unverifiable"
+DISPUTED = "disputed"  # the selected evaluators disagree: never a reject, never a chosen
 EMPTY_RESULTS = "both return no rows"
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """The verdict on one reject, with the stricter comparisons for equivalent ones."""
+    """The verdict on one reject, with the stricter comparisons for equivalent ones, each
+    evaluator's score (True right, False wrong, None not scored) and a digest of its result."""
 
     verdict: str
     detail: str = ""
     multiset_differs: bool = False
     order_differs: bool = False
+    spider: bool | None = None
+    bird: bool | None = None
+    digest: str = ""  # the candidate's result rows (sorted), to compare answers with each other
 
     def kept(self, equivalence: str = "lenient", keep_timeout: bool = True, keep_unverifiable: bool = True) -> bool:
         """Whether the pair stays, under a policy."""
@@ -87,6 +92,8 @@ class Verdict:
             return keep_timeout
         if self.verdict == UNVERIFIABLE:
             return keep_unverifiable
+        if self.verdict == DISPUTED:
+            return False
         return (equivalence == "multiset" and self.multiset_differs) or (
             equivalence == "ordered" and (self.multiset_differs or self.order_differs)
         )

@@ -170,7 +170,8 @@ def assert_ledger_agrees_with_file(out):
 # The scripted on-policy run: one question of the sample's department_store database, and answers to it.
 DB_ROOT = ROOT / "examples" / "spider_en" / "db"
 GOLD = "SELECT product_name, product_price FROM products WHERE product_price > 900"
-RIGHT = "SELECT product_price, product_name FROM products WHERE product_price > 900"  # columns swapped
+RIGHT = "SELECT product_name, product_price FROM products WHERE 900 < product_price"  # the filter turned round
+SWAPPED = "SELECT product_price, product_name FROM products WHERE product_price > 900"  # Spider: right; BIRD: wrong
 RIGHT_TOO = "select product_name , product_price from products where product_price > 900;"
 WRONG = "SELECT product_name, product_price FROM products WHERE product_price > 800"
 WRONG_TOO = "SELECT product_name FROM products"

@@ -65,7 +65,7 @@ def test_verdicts_drop_equivalent_rejects_and_further_attempts_fill_the_quota(wo
     assert summary.finished and summary.total_units == 15
     units = ledger_units(workdir / "pairs.jsonl")
     expected = [
-        (0, "dropped", "equivalent"),  # same rows, columns swapped: no evaluator calls it wrong
+        (0, "dropped", "disputed"),  # columns swapped: Spider right, BIRD wrong (--evaluator both): never a reject
         (1, "written", "wrong_result"),
         (2, "same_as_gold", None),  # wave 2: one more reject needed
         (3, "duplicate", None),  # wave 3: the same SQL as attempt 1, not executed again

@@ -11,6 +11,7 @@ from conftest import (
     REASONED,
     RIGHT,
     RIGHT_TOO,
+    SWAPPED,
     WRONG,
     WRONG_TOO,
     ScriptedEngine,
@@ -265,3 +266,28 @@ def test_exports_of_onpolicy_pairs_load_unchanged(workdir):
     run_cli(["export", str(workdir / "pairs.jsonl"), "--format", "llamafactory", "--to", str(target)])
     (row,) = read_jsonl(target / "pairs.jsonl")
     assert (row["chosen"], row["rejected"]) == (RIGHT, WRONG)
+
+
+def test_an_answer_the_evaluators_disagree_on_is_neither_and_each_score_is_recorded(workdir):
+    """The gold's columns in another order: Spider scores it right, BIRD wrong. With both
+    (the default) it is neither chosen nor rejected; with --evaluator spider it is chosen."""
+    _, lines, ledger = scripted(workdir, [SWAPPED, RIGHT, WRONG], num_rejects=3)
+    units = query(ledger, "select role, verdict, verdict_detail, spider_correct, bird_correct from units")
+    assert units[0] == {
+        "role": "neither",
+        "verdict": "disputed",
+        "verdict_detail": "bird: wrong (columns in another order); spider: right",
+        "spider_correct": 1,
+        "bird_correct": 0,
+    }
+    assert [(u["role"], u["spider_correct"], u["bird_correct"]) for u in units[1:]] == [
+        ("chosen", 1, 1),
+        ("rejected", 0, 0),
+    ]
+    assert sides(lines) == [(RIGHT, WRONG)]
+    assert lines[0]["chosen_scores"] == {"spider": True, "bird": True}
+    assert lines[0]["rejected_scores"] == {"spider": False, "bird": False}
+    spider = workdir / "spider"
+    spider.mkdir()
+    _, lines, _ = scripted(spider, [SWAPPED, WRONG], num_rejects=2, evaluator="spider")
+    assert sides(lines) == [(SWAPPED, WRONG)]

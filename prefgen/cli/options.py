@@ -7,7 +7,16 @@ import dataclasses
 
 import click
 
-from prefgen.config import ANSWER_MODES, DEDUP_MODES, EQUIVALENCE_MODES, FALLBACK_MODES, GenerateConfig
+from prefgen.config import (
+    ANSWER_MODES,
+    DEDUP_MODES,
+    DEFAULT_EVALUATOR,
+    EQUIVALENCE_MODES,
+    EVALUATORS,
+    FALLBACK_MODES,
+    GOLD_SUSPECT_MODES,
+    GenerateConfig,
+)
 from prefgen.errors import PrefgenError
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerateConfig) if f.default is not dataclasses.MISSING}
@@ -77,6 +86,49 @@ def check_options(command):
                 default=default("db_field"),
                 show_default=True,
                 help="Record field holding the database id.",
+            ),
+            click.option(
+                "--evaluator",
+                type=click.Choice(EVALUATORS),
+                default=default("evaluator") or None,
+                help="Whose execution accuracy decides: an answer is correct (chosen, never a reject) when every "
+                "selected evaluator scores it right, wrong (a reject) when every one scores it wrong, disputed "
+                f"otherwise [default: {DEFAULT_EVALUATOR}; a ledger made before evaluators keeps its lenient rule].",
+            ),
+            click.option(
+                "--gold-suspect",
+                type=click.Choice(GOLD_SUSPECT_MODES),
+                default=default("gold_suspect"),
+                show_default=True,
+                help="A sample whose gold fails, or whose executable answers mostly agree on another result, is "
+                "flagged gold_suspect: keep its pairs, or skip it (no pair; counted).",
+            ),
+            click.option(
+                "--suspect-share",
+                type=float,
+                default=default("suspect_share"),
+                show_default=True,
+                help="Share of a sample's executable answers (at least 2) that must agree on a result other than "
+                "the gold's to flag it.",
+            ),
+            click.option(
+                "--equivalence",
+                type=click.Choice(EQUIVALENCE_MODES),
+                default=default("equivalence"),
+                show_default=True,
+                help="Drop rejects whose result equals the gold's under this comparison.",
+            ),
+            click.option(
+                "--drop-timeout/--keep-timeout",
+                default=None,
+                help="Whether an answer that ran out of time is dropped or kept as a reject "
+                "[default: kept, with on-policy pairs dropped].",
+            ),
+            click.option(
+                "--drop-unverifiable/--keep-unverifiable",
+                default=None,
+                help="Whether an answer that cannot be judged is dropped or kept as a reject "
+                "[default: kept, with on-policy pairs dropped].",
             ),
             click.option(
                 "--equivalence",

@@ -117,6 +117,8 @@ def judge_group(checker: Checker, policy: CheckPolicy, group: Group) -> list[Can
                 seed=line.get("seed"),
                 verdict=verdict.verdict if verdict else NO_SQL,
                 detail=verdict.detail if verdict else "",
+                spider=verdict.spider if verdict else None,
+                bird=verdict.bird if verdict else None,
             )
         )
     return candidates
@@ -135,7 +137,7 @@ def pair_file(source: str, output: str, policy: CheckPolicy, num_pairs: int, ans
             for group in groups(source, policy.db_field):
                 candidates = judge_group(checker, policy, group)
                 pairs = form_pairs(candidates, num_pairs, answer, fallback, group.record.output)
-                sample = SamplePairs(group.record, pairs, candidates, answer)
+                sample = SamplePairs(group.record, pairs, candidates, answer, scored=True)
                 for pair in pairs:
                     handle.write(pair_line(sample, pair))
                 _count(summary, sample)

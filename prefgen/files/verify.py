@@ -51,6 +51,7 @@ def verify_file(pairs: str, output: str, policy: CheckPolicy) -> VerifySummary:
                 if verdict.verdict != SAME_AS_GOLD and policy.keeps(verdict):
                     summary.kept[verdict.verdict] += 1
                     line = {**pair, "verdict": verdict.verdict, "verdict_detail": verdict.detail}
+                    line.update(spider_correct=verdict.spider, bird_correct=verdict.bird)
                     handle.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
                 else:
                     summary.dropped[verdict.verdict] += 1

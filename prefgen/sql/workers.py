@@ -1,7 +1,9 @@
 """Execution verdicts for many rejects: cached per database, and run in worker processes.
 
 `Checker` judges one (database, gold, reject) at a time, reusing connections and gold
-results; `prefgen verify` uses it directly. `CheckerPool` runs checkers in worker processes
+results; `prefgen verify` and `prefgen pair` use it directly. Every check against a database
+happens in `Checker.__call__` (one place: a check on further databases belongs there too), which
+hands the connection and a cached gold to verdict.judge_execution. `CheckerPool` runs checkers in worker processes
 so that `prefgen generate --db-root` executes SQL while the model generates: the generating
 process only hands over strings and gets verdicts back.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor
+from functools import partial
 
 from prefgen.config import CheckPolicy
 from prefgen.errors import CheckError
@@ -36,17 +39,25 @@ class Checker:
             self.connections[db_id] = connect(path) if path.is_file() else None
         return self.connections[db_id]
 
-    def __call__(self, db_id: str, gold: str, rejected: str) -> Verdict:
-        conn = self.connection(db_id)
-        if conn is None:
-            return judge_execution(None, gold, rejected)
-        limits = (self.policy.time_limit, self.policy.max_rows)
-        key = (db_id, gold)
+    def gold(self, db_id: str, conn, sql: str):
+        """The outcome of a gold query (or of its variant without DISTINCT), cached."""
+        key = (db_id, sql)
         if key not in self.golds:
             if len(self.golds) >= GOLD_CACHE:
                 self.golds.clear()
-            self.golds[key] = run_query(conn, gold, *limits)
-        return judge_execution(conn, gold, rejected, self.golds[key], *limits)
+            self.golds[key] = run_query(conn, sql, self.policy.time_limit, self.policy.max_rows)
+        return self.golds[key]
+
+    def __call__(self, db_id: str, gold: str, rejected: str) -> Verdict:
+        """The verdict on `rejected` against `gold` on database `db_id`, under the policy's --evaluator."""
+        conn = self.connection(db_id)
+        if conn is None:
+            return judge_execution(None, gold, rejected)
+        policy = self.policy
+        gold_of = partial(self.gold, db_id, conn)
+        return judge_execution(
+            conn, gold, rejected, gold_of(gold), policy.time_limit, policy.max_rows, policy.evaluator, gold_of
+        )
 
     def close(self) -> None:
         for conn in self.connections.values():
