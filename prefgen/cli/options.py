@@ -131,25 +131,6 @@ def check_options(command):
                 "[default: kept, with on-policy pairs dropped].",
             ),
             click.option(
-                "--equivalence",
-                type=click.Choice(EQUIVALENCE_MODES),
-                default=default("equivalence"),
-                show_default=True,
-                help="Drop rejects whose result equals the gold's under this comparison.",
-            ),
-            click.option(
-                "--drop-timeout/--keep-timeout",
-                default=None,
-                help="Whether an answer that ran out of time is dropped or kept as a reject "
-                "[default: kept, with on-policy pairs dropped].",
-            ),
-            click.option(
-                "--drop-unverifiable/--keep-unverifiable",
-                default=None,
-                help="Whether an answer that cannot be judged is dropped or kept as a reject "
-                "[default: kept, with on-policy pairs dropped].",
-            ),
-            click.option(
                 "--time-limit", type=float, default=default("time_limit"), show_default=True, help="Seconds per query."
             ),
             click.option(
