@@ -193,6 +193,7 @@ def chromium(*args, env=None) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 def test_the_dashboard_renders_in_a_real_browser(judged_run, tmp_path):
     out, ledger = judged_run
     process, base = serve(out)
@@ -268,6 +269,7 @@ def png_pixels(path):
     return *size, zlib.decompress(compressed)
 
 
+@pytest.mark.slow
 def test_browsing_a_run_while_it_writes_changes_nothing(tiny_model, sample_data, workdir):
     flags = dict(num_rejects=2, max_samples=10, batch_size=2, db_root=DB_ROOT)
     reference = workdir / "reference.jsonl"

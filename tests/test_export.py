@@ -93,6 +93,7 @@ def test_sharegpt_export(workdir, pairs):
     }
 
 
+@pytest.mark.slow
 def test_trl_export_loads_with_trl_and_trains_one_dpo_step(workdir, pairs, tiny_model):
     import datasets
     import trl

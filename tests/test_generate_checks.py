@@ -133,6 +133,7 @@ def test_default_max_attempts_makes_exactly_num_rejects_attempts(workdir):
     assert sorted(engine.generated) == [(s, a) for s in range(3) for a in range(2)]
 
 
+@pytest.mark.slow
 def test_resume_after_kills_makes_the_same_attempts_as_an_uninterrupted_run(workdir, tiny_model, sample_data):
     """Greedy decoding repeats a sample's answer, so --dedup-rejects leaves it one reject short
     and further attempts are made until --max-attempts: waves cut by kills must not change them."""
@@ -162,6 +163,7 @@ def start_until_lines(args, out, fault):
     return process
 
 
+@pytest.mark.slow
 def test_sigint_with_verdicts_pending_commits_them_and_stops(workdir, tiny_model, sample_data):
     out = workdir / "pairs.jsonl"
     args = generate_args(tiny_model, sample_data, out, max_samples=40, batch_size=2, db_root=DB_ROOT)
@@ -191,6 +193,7 @@ def test_a_killed_run_leaves_no_worker_processes(workdir, tiny_model, sample_dat
     assert not any(alive(pid) for pid in workers)
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_stops_the_run_with_an_error_and_the_run_resumes(workdir, tiny_model, sample_data):
     out = workdir / "pairs.jsonl"
     args = generate_args(tiny_model, sample_data, out, max_samples=40, batch_size=2, db_root=DB_ROOT)

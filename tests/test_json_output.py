@@ -4,6 +4,7 @@ run is complete, and by repair and merge; every other name stays JSON Lines, byt
 import json
 import signal
 
+import pytest
 from conftest import generate_args, read_jsonl, run, run_cli
 
 import prefgen.config
@@ -46,6 +47,7 @@ def test_jsonl_output_is_unchanged_and_the_journal_holds_the_same_bytes(workdir,
     ]
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_writes_the_array_only_when_resumed_to_the_end(workdir, tiny_model, sample_data):
     reference = workdir / "reference.json"
     run_cli(generate_args(tiny_model, sample_data, reference, **FLAGS))

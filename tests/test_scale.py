@@ -61,6 +61,7 @@ def test_token_bounded_grouped_run_writes_the_same_text(workdir, tiny_model, sam
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
 def test_torchrun_two_ranks_then_merge_equals_a_single_process_run(workdir, tiny_model, sample_data):
     single, split = workdir / "single.jsonl", workdir / "split.jsonl"

@@ -37,19 +37,20 @@ def reference(workdir, tiny_model, sample_data):
 FLAGS = dict(num_rejects=3, max_samples=6, batch_size=4, max_new_tokens=12, dedup_rejects=True, overlap=True)
 
 
+# `make test` keeps one kill point, a torn line on the overlapped path; `make check` runs them all
 @pytest.mark.parametrize(
     "point",
     [
-        "after_ledger_open",
-        "mid_model_load",
-        "after_model_load",
-        "before_generate@2",
+        pytest.param("after_ledger_open", marks=pytest.mark.slow),
+        pytest.param("mid_model_load", marks=pytest.mark.slow),
+        pytest.param("after_model_load", marks=pytest.mark.slow),
+        pytest.param("before_generate@2", marks=pytest.mark.slow),
         "mid_jsonl_write@2",
-        "after_jsonl_write@2",
-        "after_commit@2",
+        pytest.param("after_jsonl_write@2", marks=pytest.mark.slow),
+        pytest.param("after_commit@2", marks=pytest.mark.slow),
     ],
 )
-@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("overlap", [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_kill_at_each_fault_point_then_resume(workdir, tiny_model, sample_data, reference, point, overlap):
     flags = {**FLAGS, "overlap": overlap}
     out = workdir / "pairs.jsonl"
@@ -82,6 +83,7 @@ def kill_mid_run(process, out, rng) -> None:
 DB_ROOT = str(ROOT / "examples" / "spider_en" / "db")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "db_root, pairs", [("", "gold"), (DB_ROOT, "gold"), (DB_ROOT, "onpolicy")], ids=["plain", "db-root", "onpolicy"]
 )
@@ -181,7 +183,7 @@ def test_a_unit_that_does_not_fit_alone_is_recorded_and_retried_next_run(workdir
     assert [u["status"] for u in ledger_units(out)] == ["written"] * 4
 
 
-@pytest.mark.parametrize("action, code", [("sigterm", 143), ("sigint", 130)])
+@pytest.mark.parametrize("action, code", [("sigterm", 143), pytest.param("sigint", 130, marks=pytest.mark.slow)])
 def test_signal_stops_at_the_batch_boundary_after_committing(workdir, tiny_model, sample_data, reference, action, code):
     out = workdir / "pairs.jsonl"
     args = generate_args(tiny_model, sample_data, out, **FLAGS)
@@ -198,6 +200,7 @@ def test_signal_stops_at_the_batch_boundary_after_committing(workdir, tiny_model
     assert out.read_bytes() == reference(**FLAGS)
 
 
+@pytest.mark.slow
 def test_a_second_signal_stops_at_once_and_safely(workdir, tiny_model, sample_data, reference):
     out = workdir / "pairs.jsonl"
     args = generate_args(tiny_model, sample_data, out, **FLAGS)
