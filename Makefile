@@ -100,6 +100,11 @@ bench-engines: $(VLLM_STAMP)
 bench-gpu:
 	$(PYTHON) benchmarks/bench_gpu.py $(BENCH_ARGS)
 
+# docs/cli.md, the CLI reference, from every command's --help (tests/test_docs.py keeps it current).
+.PHONY: docs
+docs: $(STAMP)
+	$(BIN)/python docs/cli_reference.py
+
 # The fast tests, one of each kind of promise (a kill and resume, a fault, ...): the slow ones
 # (marked `slow`: kill matrices, chaos, torchrun, the browser, trainers) and those needing a
 # virtual environment of their own (`clients`, `vllm`) are left to `make check`.

@@ -5,8 +5,9 @@ machine: (a) `prefgen generate` end to end (ledger, JSONL, judging, with the mod
 loaded); (b) the old script: one `model.generate` call per reject, seeded through the global
 RNG; (c) bare batched `model.generate` on the same batches, with nothing written. Then:
 prompts of mixed lengths (length grouping on and off), skewed output lengths (finished-row
-dropping on and off), generation with execution verdicts (--db-root) against without, and
-start-up on a 1,000,000-record input against a 100-record one.
+dropping on and off), generation with execution verdicts (--db-root) against without,
+verdicts with database variants (--db-variants) against without, and start-up on a
+1,000,000-record input against a 100-record one.
 
 This is a measurement script, not a test: it prints figures and ratios.
 """
@@ -440,6 +441,55 @@ def startup_comparison(model: str, device: str, work: Path) -> dict:
     }
 
 
+def variants_comparison(work: Path, counts: tuple[int, ...] = (0, 1, 3, 5)) -> dict:
+    """Verdict throughput with --db-variants K against K = 0, on the hand-made variants of the
+    shipped real golds (English and German Spider): the one-off build of each database's
+    variants (an empty cache), then judging every pair again with the variants built, and how
+    many answers equivalent on the original a variant tells apart."""
+    import os
+    from collections import Counter
+
+    from prefgen.config import DEFAULT_DB_VARIANTS, CheckPolicy
+    from prefgen.sql.workers import Checker
+
+    german = SAMPLE.parent.parent / "spider_de"
+    sets = [(SAMPLE, DB_ROOT), (german / "spider_de_alpaca.json", german / "db")]
+    work_items = []  # (db root, db id, gold, candidate)
+    for data, root in sets:
+        for record in json.loads(data.read_text(encoding="utf-8")):
+            for sql in gold_variants(record["output"]).values():
+                work_items.append((str(root), record["db_id"], record["output"], sql))
+    dbs = len({(root, db) for root, db, _, _ in work_items})
+    click.echo(f"\n--db-variants: {len(work_items)} verdicts (rewrites of real golds, {dbs} databases, Spider en+de)")
+    results, base = {}, None
+    for count in counts:
+        os.environ["PREFGEN_VARIANT_CACHE"] = str(work / f"variant-cache-{count}")
+        checkers = {root: Checker(CheckPolicy(root, db_variants=count)) for root, _, _, _ in work_items}
+        started = time.perf_counter()
+        for root, db in {(root, db) for root, db, _, _ in work_items} if count else ():
+            checkers[root].variants.of(db, Path(root) / db / f"{db}.sqlite")  # the one-off build, timed apart
+        build = time.perf_counter() - started
+        started = time.perf_counter()
+        verdicts = [checkers[root](db, gold, sql) for root, db, gold, sql in work_items]
+        seconds = time.perf_counter() - started
+        for checker in checkers.values():
+            checker.close()
+        outcome = Counter(v.verdict for v in verdicts)
+        caught = sum(v.variant is not None for v in verdicts)
+        base = base or seconds
+        rate = len(work_items) / seconds
+        click.echo(
+            f"  K={count}: build {build:.2f} s once; {rate:,.0f} verdicts/s ({seconds:.2f} s), "
+            f"{base / seconds:.2f}x of K=0; equivalent {outcome['equivalent']}, caught by a variant {caught}"
+        )
+        results[count] = {"build_seconds": build, "seconds": seconds, "per_second": rate, "caught": caught}
+    default = results.get(DEFAULT_DB_VARIANTS)
+    if default and 0 in results:
+        ratio = default["per_second"] / results[0]["per_second"]
+        click.echo(f"  default K={DEFAULT_DB_VARIANTS}: {ratio:.2f}x the verdict throughput of K=0")
+    return {str(k): v for k, v in results.items()}
+
+
 @click.command()
 @click.option("--model", default="", help="Model directory [default: build the tiny model].")
 @click.option("--device", default="cpu", show_default=True)
@@ -450,7 +500,7 @@ def startup_comparison(model: str, device: str, work: Path) -> dict:
 @click.option("--skip-startup", is_flag=True, help="Skip the 1,000,000-record start-up measurement.")
 @click.option(
     "--only",
-    type=click.Choice(["main", "grouping", "dropping", "verdicts", "startup", "verify", "reuse"]),
+    type=click.Choice(["main", "grouping", "dropping", "verdicts", "startup", "verify", "variants", "reuse"]),
     multiple=True,
     help="Run only these comparisons (repeatable) [default: all].",
 )
@@ -472,6 +522,8 @@ def main(model, device, samples, rejects, max_new_tokens, batch_size, skip_start
         results = {}
         if not only or "verify" in only:
             results["verify"] = verify_variants(work)
+        if not only or "variants" in only:
+            results["variants"] = variants_comparison(work)
         comparisons = {
             "main": main_comparison,
             "grouping": grouping_comparison,

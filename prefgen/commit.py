@@ -93,6 +93,7 @@ def unit_row(item: Judged) -> dict:
         "bird_correct": _score(verdict and verdict.bird),
         "result_digest": (verdict and verdict.digest) or None,
         "reward": execution_reward(verdict and verdict.verdict),
+        "variant": verdict and verdict.variant,
         "line_offset": None,
         "line_length": None,
         "line": None,

@@ -5,9 +5,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefgen.errors import ConfigError
 from prefgen.paths import journal_of, ledger_beside, part_path
+
+if TYPE_CHECKING:
+    from prefgen.units import Verdict
 
 # Settings that decide what each unit's text is. A resumed run must use the same values,
 # otherwise the file would mix pairs from two different experiments.
@@ -32,10 +36,6 @@ GENERATION_FIELDS = frozenset(
     ("base_model", "adapter_path", "sft_data", "seed", "temperature", "top_p", "max_new_tokens", "system", "rank",
      "world_size", "engine", "batch_invariant", "lora")
 )
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from prefgen.units import Verdict
 # The fields of checker.CheckPolicy (--db-root). Added later: in the fingerprint only when
 # used, so that older ledgers still resume.
 CHECK_FIELDS = (
@@ -47,8 +47,8 @@ CHECK_FIELDS = (
     "time_limit",
     "max_rows",
     "evaluator",
-    "gold_suspect",
-    "suspect_share",
+    "db_variants",
+    "db_variant_max_mb",
 )
 # --pairs onpolicy and how its pairs are made; in the fingerprint only in that mode.
 PAIR_FIELDS = ("pairs", "answer", "fallback")
@@ -67,14 +67,9 @@ ENGINE_NAMES = ("transformers", "vllm")  # --engine; in the fingerprint only whe
 # not offered, is the rule of ledgers made before it (rows as sets, columns in any order)
 EVALUATORS = ("spider", "bird", "both")
 DEFAULT_EVALUATOR, LENIENT = "both", "lenient"
-# --gold-suspect: a sample whose gold looks wrong (it fails, or most executable answers agree on
-# another result, at least --suspect-share of them and at least 2) is flagged; skip: no pair from it
-GOLD_SUSPECT_MODES = ("keep", "skip")
-DEFAULT_SUSPECT_SHARE = 0.6
 # Judging settings added after the first ledgers: in the fingerprint only when not these values,
 # so that a ledger made before them resumes (its runs keep the rule they were made with).
-CHECK_LEGACY = {"evaluator": LENIENT, "gold_suspect": "keep", "suspect_share": DEFAULT_SUSPECT_SHARE}
-
+CHECK_LEGACY = {"evaluator": LENIENT}
 # --lora (vllm): auto (native LoRA on a GPU where vLLM serves the model's LoRA, merge otherwise),
 # native (a LoRARequest per request), merge (the adapter merged into a cached model directory)
 LORA_MODES = ("auto", "native", "merge")
@@ -90,6 +85,13 @@ def execution_reward(verdict: str | None) -> float | None:
     return EXECUTION_REWARDS.get(verdict or "")
 
 
+# --db-variants: perturbed copies of each database an equivalent answer must also match the gold
+# on (sql/variants.py); chosen by measurement (docs/benchmarks.md). Databases over
+# --db-variant-max-mb are checked on the original only. 0 variants: off, the rule of older ledgers.
+DEFAULT_DB_VARIANTS = 3
+DEFAULT_DB_VARIANT_MAX_MB = 200.0
+CHECK_LEGACY.update(db_variants=0, db_variant_max_mb=DEFAULT_DB_VARIANT_MAX_MB)
+
 # Execution limits (--time-limit, --max-rows), shared by generate, verify and pair.
 DEFAULT_TIME_LIMIT = 5.0
 DEFAULT_MAX_ROWS = 100_000
@@ -104,14 +106,10 @@ def check_num_rejects(num_rejects: int) -> None:
         )
 
 
-def check_judging(evaluator: str, gold_suspect: str, suspect_share: float) -> None:
-    """Refuse --evaluator / --gold-suspect / --suspect-share values that cannot work."""
+def check_judging(evaluator: str) -> None:
+    """Refuse an --evaluator value that cannot work."""
     if evaluator not in (*EVALUATORS, LENIENT, ""):
         raise ConfigError(f"--evaluator must be one of {', '.join(EVALUATORS)}, not {evaluator!r}")
-    if gold_suspect not in GOLD_SUSPECT_MODES:
-        raise ConfigError(f"--gold-suspect must be one of {', '.join(GOLD_SUSPECT_MODES)}, not {gold_suspect!r}")
-    if not 0 < suspect_share <= 1:
-        raise ConfigError(f"--suspect-share must be in (0, 1], not {suspect_share}")
 
 
 def check_pair_modes(answer: str, fallback: str) -> None:
@@ -138,12 +136,15 @@ class CheckPolicy:
     time_limit: float = DEFAULT_TIME_LIMIT
     max_rows: int = DEFAULT_MAX_ROWS
     evaluator: str = ""  # "": DEFAULT_EVALUATOR
-    gold_suspect: str = "keep"
-    suspect_share: float = DEFAULT_SUSPECT_SHARE
+    db_variants: int | None = DEFAULT_DB_VARIANTS
+    db_variant_max_mb: float = DEFAULT_DB_VARIANT_MAX_MB
+    variant_seed: int = 42  # generate: the run's --seed (variants are drawn from it)
 
     def __post_init__(self):
         if not self.evaluator:
             object.__setattr__(self, "evaluator", DEFAULT_EVALUATOR)
+        if self.db_variants is None:  # verify and pair: --db-variants unset
+            object.__setattr__(self, "db_variants", DEFAULT_DB_VARIANTS)
 
     def check(self) -> None:
         """Refuse settings that cannot work, before any work is done."""
@@ -156,7 +157,9 @@ class CheckPolicy:
             raise ConfigError(f"--equivalence must be one of {', '.join(EQUIVALENCE_MODES)}, not {self.equivalence!r}")
         if self.time_limit <= 0 or self.max_rows < 1:
             raise ConfigError("--time-limit must be above 0 and --max-rows at least 1")
-        check_judging(self.evaluator, self.gold_suspect, self.suspect_share)
+        check_judging(self.evaluator)
+        if self.db_variants < 0 or self.db_variant_max_mb <= 0:
+            raise ConfigError("--db-variants must be 0 or more and --db-variant-max-mb above 0")
 
     def keeps(self, verdict: Verdict) -> bool:
         """Whether a reject with this verdict is worth training on, under this policy."""
@@ -209,8 +212,8 @@ class GenerateConfig:
     max_rows: int = DEFAULT_MAX_ROWS
     exec_workers: int = 0  # processes executing SQL; 0: min(4, cores / 2)
     evaluator: str = ""  # spider, bird or both; "": both, or for a ledger made before it `lenient` (for_ledger)
-    gold_suspect: str = "keep"  # a sample whose gold looks wrong: keep its pairs, or skip it
-    suspect_share: float = DEFAULT_SUSPECT_SHARE
+    db_variants: int | None = None  # None: DEFAULT_DB_VARIANTS, or 0 for a ledger made before variants
+    db_variant_max_mb: float = DEFAULT_DB_VARIANT_MAX_MB
     pairs: str = "gold"  # gold: the gold is chosen; onpolicy: the model's own correct answer
     answer: str = "sql"  # onpolicy: what a side holds: the extracted SQL, or the whole answer
     fallback: str = "none"  # onpolicy: "gold" pairs the gold with a sample that has no correct answer
@@ -267,7 +270,7 @@ class GenerateConfig:
             raise ConfigError(f"--exec-workers must be 0 (automatic) or more, not {self.exec_workers}")
         if self.evaluator is None:  # the CLI's "not given"
             object.__setattr__(self, "evaluator", "")
-        check_judging(self.evaluator, self.gold_suspect, self.suspect_share)
+        check_judging(self.evaluator)
 
     def _check_pairs(self) -> None:
         if self.pairs not in PAIR_MODES:
@@ -299,6 +302,10 @@ class GenerateConfig:
         """These settings with --evaluator resolved: as given, or unset, `lenient` for a ledger
         whose run executed SQL before evaluator profiles (it resumes with the rule it was made
         with) and DEFAULT_EVALUATOR otherwise."""
+        if self.db_variants is None:  # unset: 0 for a ledger that executed SQL before variants
+            made_before = fingerprint is not None and "db_root" in fingerprint and "db_variants" not in fingerprint
+            variants = 0 if made_before else DEFAULT_DB_VARIANTS
+            return dataclasses.replace(self, db_variants=variants).for_ledger(fingerprint)
         if self.evaluator:
             return self
         legacy = fingerprint is not None and "db_root" in fingerprint and "evaluator" not in fingerprint
@@ -308,7 +315,9 @@ class GenerateConfig:
         """The execution-verdict policy of --db-root, or None without it."""
         if not self.db_root:
             return None
-        return CheckPolicy(**{name: getattr(self, name) for name in CHECK_FIELDS})
+        policy = {name: getattr(self, name) for name in CHECK_FIELDS}
+        policy["db_variants"] = DEFAULT_DB_VARIANTS if self.db_variants is None else self.db_variants
+        return CheckPolicy(**policy, variant_seed=self.seed)
 
     @property
     def output_path(self) -> Path:
@@ -335,6 +344,7 @@ class GenerateConfig:
         if self.db_root:
             judging = {name: getattr(self, name) for name in CHECK_FIELDS}
             judging["evaluator"] = self.evaluator or DEFAULT_EVALUATOR
+            judging["db_variants"] = DEFAULT_DB_VARIANTS if self.db_variants is None else self.db_variants
             values.update((k, v) for k, v in judging.items() if CHECK_LEGACY.get(k, values) != v)
             values["db_root"] = str(Path(self.db_root).expanduser().resolve())
             values["time_limit"] = float(self.time_limit)

@@ -164,7 +164,6 @@ class SamplePairs:
     candidates: list[Candidate]
     answer: str = "sql"
     scored: bool = False  # the lines carry each side's evaluator scores (not with the lenient rule)
-    gold_suspect: str = ""  # why the gold looks wrong, or ""
 
     @property
     def fallback(self) -> bool:

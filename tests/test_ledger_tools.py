@@ -159,7 +159,11 @@ def test_ledger_schema(partial_run):
         "order_differs": int,
         "role": str,
         "reward": float,
+        "spider_correct": int,
+        "bird_correct": int,
+        "result_digest": str,
         "source": str,
+        "variant": int,
     }
     assert db["units"].pks == ["sample_index", "reject_index"]
     assert db["samples"].columns_dict == {"sample_index": int, "db": str, "instruction": str, "input": str, "gold": str}
@@ -181,7 +185,9 @@ def test_ledger_schema(partial_run):
         "m004_verdicts",
         "m005_onpolicy_pairs",
         "m006_browse",
+        "m007_evaluators",
         "m008_rewards",
+        "m009_variants",
         "m010_answer_source",
     ]
 

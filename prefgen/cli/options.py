@@ -10,11 +10,11 @@ import click
 from prefgen.config import (
     ANSWER_MODES,
     DEDUP_MODES,
+    DEFAULT_DB_VARIANTS,
     DEFAULT_EVALUATOR,
     EQUIVALENCE_MODES,
     EVALUATORS,
     FALLBACK_MODES,
-    GOLD_SUSPECT_MODES,
     GenerateConfig,
 )
 from prefgen.errors import PrefgenError
@@ -96,22 +96,6 @@ def check_options(command):
                 f"otherwise [default: {DEFAULT_EVALUATOR}; a ledger made before evaluators keeps its lenient rule].",
             ),
             click.option(
-                "--gold-suspect",
-                type=click.Choice(GOLD_SUSPECT_MODES),
-                default=default("gold_suspect"),
-                show_default=True,
-                help="A sample whose gold fails, or whose executable answers mostly agree on another result, is "
-                "flagged gold_suspect: keep its pairs, or skip it (no pair; counted).",
-            ),
-            click.option(
-                "--suspect-share",
-                type=float,
-                default=default("suspect_share"),
-                show_default=True,
-                help="Share of a sample's executable answers (at least 2) that must agree on a result other than "
-                "the gold's to flag it.",
-            ),
-            click.option(
                 "--equivalence",
                 type=click.Choice(EQUIVALENCE_MODES),
                 default=default("equivalence"),
@@ -129,6 +113,20 @@ def check_options(command):
                 default=None,
                 help="Whether an answer that cannot be judged is dropped or kept as a reject "
                 "[default: kept, with on-policy pairs dropped].",
+            ),
+            click.option(
+                "--db-variants",
+                type=int,
+                default=default("db_variants"),
+                help="Perturbed copies of each database (shuffled, thinned, duplicated rows) a correct answer must "
+                f"also match the gold on; 0: off [default: {DEFAULT_DB_VARIANTS}; a ledger made before variants: 0].",
+            ),
+            click.option(
+                "--db-variant-max-mb",
+                type=float,
+                default=default("db_variant_max_mb"),
+                show_default=True,
+                help="Databases larger than this are checked on the original only (with a warning).",
             ),
             click.option(
                 "--time-limit", type=float, default=default("time_limit"), show_default=True, help="Seconds per query."

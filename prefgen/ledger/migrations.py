@@ -136,20 +136,21 @@ def m006_browse(db: sqlite_utils.Database) -> None:
 
 def m007_evaluators(db: sqlite_utils.Database) -> None:
     """Each executed candidate's score by Spider's and by BIRD's rule (1 right, 0 wrong, NULL not
-    scored) and a digest of its result rows (sql/verdict.py), and the samples whose gold looks
-    wrong (`gold_suspects`, --gold-suspect)."""
+    scored) and a digest of its result rows (sql/verdict.py)."""
     for column, kind in (("spider_correct", int), ("bird_correct", int), ("result_digest", str)):
         db["units"].add_column(column, kind)
-    db["gold_suspects"].create(
-        {"sample_index": int, "reason": str, "answers": int, "agreeing": int, "skipped": int, "run_id": int},
-        pk="sample_index",
-    )
 
 
 def m008_rewards(db: sqlite_utils.Database) -> None:
     """Each judged candidate's execution reward (1 correct, 0.1 executes but wrong, 0 fails; NULL
     when unverifiable or unjudged): config.execution_reward."""
     db["units"].add_column("reward", float)
+
+
+def m009_variants(db: sqlite_utils.Database) -> None:
+    """--db-variants: the database variant (1..K) that told a wrong answer apart from the gold
+    (sql/variants.py); NULL when none did or none was checked."""
+    db["units"].add_column("variant", int)
 
 
 def m010_answer_source(db: sqlite_utils.Database) -> None:
@@ -161,7 +162,7 @@ def m010_answer_source(db: sqlite_utils.Database) -> None:
 # Migrations that only add columns no view and no reader of prefgen's reads: a ledger without
 # them is still read (status, browse, export) without being written; its first writing open adds
 # them. Readers of an older prefgen's ledger thus keep working after an upgrade.
-READER_OPTIONAL = frozenset({"m007_evaluators", "m008_rewards", "m010_answer_source"})
+READER_OPTIONAL = frozenset({"m007_evaluators", "m008_rewards", "m009_variants", "m010_answer_source"})
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     m001_initial,
@@ -172,6 +173,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     m006_browse,
     m007_evaluators,
     m008_rewards,
+    m009_variants,
     m010_answer_source,
 ]
 

@@ -18,6 +18,7 @@ from functools import partial
 from prefgen.config import CheckPolicy
 from prefgen.errors import CheckError
 from prefgen.runtime.processes import guard_children
+from prefgen.sql import variants
 from prefgen.sql.execute import connect, database_path, run_query
 from prefgen.sql.verdict import judge_execution
 from prefgen.units import Verdict
@@ -32,6 +33,9 @@ class Checker:
         self.policy = policy
         self.connections: dict[str, object] = {}
         self.golds: dict[tuple[str, str], object] = {}
+        self.variants = variants.Variants(
+            policy.db_variants, policy.db_variant_max_mb, policy.variant_seed, policy.time_limit, policy.max_rows
+        )
 
     def connection(self, db_id: str):
         if db_id not in self.connections:
@@ -54,16 +58,21 @@ class Checker:
         if conn is None:
             return judge_execution(None, gold, rejected)
         policy = self.policy
-        gold_of = partial(self.gold, db_id, conn)
-        return judge_execution(
-            conn, gold, rejected, gold_of(gold), policy.time_limit, policy.max_rows, policy.evaluator, gold_of
-        )
+
+        def judge(conn, gold_of):  # on the database, then (--db-variants) on each of its variants
+            return judge_execution(
+                conn, gold, rejected, gold_of(gold), policy.time_limit, policy.max_rows, policy.evaluator, gold_of
+            )
+
+        verdict = judge(conn, partial(self.gold, db_id, conn))
+        return variants.confirm(self.variants, db_id, database_path(policy.db_root, db_id), verdict, judge)
 
     def close(self) -> None:
         for conn in self.connections.values():
             if conn is not None:
                 conn.close()
         self.connections.clear()
+        self.variants.close()
 
 
 _worker_checker: Checker | None = None
