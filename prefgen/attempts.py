@@ -17,12 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
-from prefgen.units import RETRIED_STATUSES, RETRY, WRITTEN
+from prefgen.units import GOLD_SUSPECT, RETRIED_STATUSES, RETRY, WRITTEN
 
 
 def written_count(rows: Iterable[dict]) -> int:
-    """What a sample has towards --num-rejects with --pairs gold: its written rejects."""
-    return sum(row["status"] == WRITTEN for row in rows)
+    """What a sample has towards --num-rejects with --pairs gold: its written rejects (and those
+    --gold-suspect skip left unwritten: the sample had them)."""
+    return sum(row["status"] in (WRITTEN, GOLD_SUSPECT) for row in rows)
 
 
 @dataclass(frozen=True)

@@ -41,11 +41,17 @@ def _line(record, chosen: str, rejected: str, tracing: dict) -> bytes:
     return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
 
 
+def suspect_fields(suspect: str | None) -> dict:
+    """A line's gold check (suspects.py): none when golds are not checked."""
+    return {} if suspect is None else {"gold_suspect": bool(suspect), "gold_suspect_detail": suspect}
+
+
 def output_line(item: Judged) -> bytes:
     """The JSONL line of a kept reject (--pairs gold): the gold is chosen."""
     tracing = {"reject_index": item.unit.reject_index, "seed": item.unit.seed}
     if item.verdict is not None:
         tracing.update(verdict=item.verdict.verdict, verdict_detail=item.verdict.detail)
+    tracing.update(suspect_fields(item.suspect))
     return _line(item.unit.record, item.unit.record.output, item.sql, tracing)
 
 
@@ -53,7 +59,7 @@ def pair_line(sample: SamplePairs, pair: Pair) -> bytes:
     """The JSONL line of an on-policy pair, with both sides' attempts, seeds and verdicts."""
     fields = pair_fields(pair, sample.record.output, sample.answer, sample.scored)
     chosen, rejected = fields.pop("chosen"), fields.pop("rejected")
-    return _line(sample.record, chosen, rejected, fields)
+    return _line(sample.record, chosen, rejected, {**fields, **suspect_fields(sample.suspect)})
 
 
 def sample_row(sample: SamplePairs) -> dict:
@@ -191,9 +197,12 @@ class OutputJournal:
             os.close(self.fd)
             self.fd = None
 
-    def commit(self, run_id: int, items: list[Judged], samples: list[SamplePairs] = ()) -> None:
+    def commit(
+        self, run_id: int, items: list[Judged], samples: list[SamplePairs] = (), checked: list[dict] = ()
+    ) -> None:
         """Write the batch's kept lines and the pairs of the samples it completes (--pairs
-        onpolicy), then record it all in the ledger in one transaction."""
+        onpolicy), then record it all in the ledger in one transaction, with the gold checks of
+        the samples it completes (`checked`, suspects.py)."""
         rows, pairs, lines, offset = [], [], [], self.committed
         for item in items:
             row = unit_row(item)
@@ -233,6 +242,7 @@ class OutputJournal:
                 pairs,
                 [sample_row(sample) for sample in samples],
                 self.record_rows(items),
+                checked,
             )
         except Exception:
             self._rollback()

@@ -49,6 +49,8 @@ CHECK_FIELDS = (
     "evaluator",
     "db_variants",
     "db_variant_max_mb",
+    "gold_suspect",
+    "suspect_share",
 )
 # --pairs onpolicy and how its pairs are made; in the fingerprint only in that mode.
 PAIR_FIELDS = ("pairs", "answer", "fallback")
@@ -92,6 +94,12 @@ DEFAULT_DB_VARIANTS = 3
 DEFAULT_DB_VARIANT_MAX_MB = 200.0
 CHECK_LEGACY.update(db_variants=0, db_variant_max_mb=DEFAULT_DB_VARIANT_MAX_MB)
 
+# --gold-suspect: what becomes of a sample whose gold looks wrong (suspects.py): keep (flag it and
+# write its pairs) or skip (no pair). "" is the rule of ledgers made before it: golds not checked.
+GOLD_SUSPECT_MODES = ("keep", "skip")
+DEFAULT_GOLD_SUSPECT, DEFAULT_SUSPECT_SHARE = "keep", 0.5
+CHECK_LEGACY.update(gold_suspect="", suspect_share=DEFAULT_SUSPECT_SHARE)
+
 # Execution limits (--time-limit, --max-rows), shared by generate, verify and pair.
 DEFAULT_TIME_LIMIT = 5.0
 DEFAULT_MAX_ROWS = 100_000
@@ -106,10 +114,17 @@ def check_num_rejects(num_rejects: int) -> None:
         )
 
 
-def check_judging(evaluator: str) -> None:
-    """Refuse an --evaluator value that cannot work."""
+def check_judging(evaluator: str, gold_suspect: str = "", suspect_share: float = DEFAULT_SUSPECT_SHARE) -> None:
+    """Refuse --evaluator, --gold-suspect and --suspect-share values that cannot work."""
     if evaluator not in (*EVALUATORS, LENIENT, ""):
         raise ConfigError(f"--evaluator must be one of {', '.join(EVALUATORS)}, not {evaluator!r}")
+    if gold_suspect not in (*GOLD_SUSPECT_MODES, ""):
+        raise ConfigError(f"--gold-suspect must be one of {', '.join(GOLD_SUSPECT_MODES)}, not {gold_suspect!r}")
+    if not 0 <= suspect_share < 1:
+        raise ConfigError(
+            f"--suspect-share must be at least 0 and below 1, not {suspect_share}",
+            hint="a gold is suspect when more than this share of the executed answers agree on another result",
+        )
 
 
 def check_pair_modes(answer: str, fallback: str) -> None:
@@ -138,11 +153,15 @@ class CheckPolicy:
     evaluator: str = ""  # "": DEFAULT_EVALUATOR
     db_variants: int | None = DEFAULT_DB_VARIANTS
     db_variant_max_mb: float = DEFAULT_DB_VARIANT_MAX_MB
+    gold_suspect: str | None = DEFAULT_GOLD_SUSPECT  # "": golds not checked (ledgers made before)
+    suspect_share: float = DEFAULT_SUSPECT_SHARE
     variant_seed: int = 42  # generate: the run's --seed (variants are drawn from it)
 
     def __post_init__(self):
         if not self.evaluator:
             object.__setattr__(self, "evaluator", DEFAULT_EVALUATOR)
+        if self.gold_suspect is None:  # verify and pair: --gold-suspect unset
+            object.__setattr__(self, "gold_suspect", DEFAULT_GOLD_SUSPECT)
         if self.db_variants is None:  # verify and pair: --db-variants unset
             object.__setattr__(self, "db_variants", DEFAULT_DB_VARIANTS)
 
@@ -157,13 +176,18 @@ class CheckPolicy:
             raise ConfigError(f"--equivalence must be one of {', '.join(EQUIVALENCE_MODES)}, not {self.equivalence!r}")
         if self.time_limit <= 0 or self.max_rows < 1:
             raise ConfigError("--time-limit must be above 0 and --max-rows at least 1")
-        check_judging(self.evaluator)
+        check_judging(self.evaluator, self.gold_suspect, self.suspect_share)
         if self.db_variants < 0 or self.db_variant_max_mb <= 0:
             raise ConfigError("--db-variants must be 0 or more and --db-variant-max-mb above 0")
 
     def keeps(self, verdict: Verdict) -> bool:
         """Whether a reject with this verdict is worth training on, under this policy."""
         return verdict.kept(self.equivalence, not self.drop_timeout, not self.drop_unverifiable)
+
+    @property
+    def checks_gold(self) -> bool:
+        """Whether samples' golds are checked (suspects.py): not for ledgers made before."""
+        return bool(self.gold_suspect)
 
 
 def looks_local(ref: str) -> bool:
@@ -214,6 +238,8 @@ class GenerateConfig:
     evaluator: str = ""  # spider, bird or both; "": both, or for a ledger made before it `lenient` (for_ledger)
     db_variants: int | None = None  # None: DEFAULT_DB_VARIANTS, or 0 for a ledger made before variants
     db_variant_max_mb: float = DEFAULT_DB_VARIANT_MAX_MB
+    gold_suspect: str | None = None  # keep or skip; None: keep, or "" (not checked) for a ledger made before
+    suspect_share: float = DEFAULT_SUSPECT_SHARE
     pairs: str = "gold"  # gold: the gold is chosen; onpolicy: the model's own correct answer
     answer: str = "sql"  # onpolicy: what a side holds: the extracted SQL, or the whole answer
     fallback: str = "none"  # onpolicy: "gold" pairs the gold with a sample that has no correct answer
@@ -270,7 +296,7 @@ class GenerateConfig:
             raise ConfigError(f"--exec-workers must be 0 (automatic) or more, not {self.exec_workers}")
         if self.evaluator is None:  # the CLI's "not given"
             object.__setattr__(self, "evaluator", "")
-        check_judging(self.evaluator)
+        check_judging(self.evaluator, self.gold_suspect or "", self.suspect_share)
 
     def _check_pairs(self) -> None:
         if self.pairs not in PAIR_MODES:
@@ -306,6 +332,10 @@ class GenerateConfig:
             made_before = fingerprint is not None and "db_root" in fingerprint and "db_variants" not in fingerprint
             variants = 0 if made_before else DEFAULT_DB_VARIANTS
             return dataclasses.replace(self, db_variants=variants).for_ledger(fingerprint)
+        if self.gold_suspect is None:  # unset: "" (golds not checked) for a ledger that executed SQL before
+            made_before = fingerprint is not None and "db_root" in fingerprint and "gold_suspect" not in fingerprint
+            suspect = "" if made_before else DEFAULT_GOLD_SUSPECT
+            return dataclasses.replace(self, gold_suspect=suspect).for_ledger(fingerprint)
         if self.evaluator:
             return self
         legacy = fingerprint is not None and "db_root" in fingerprint and "evaluator" not in fingerprint
@@ -318,6 +348,11 @@ class GenerateConfig:
         policy = {name: getattr(self, name) for name in CHECK_FIELDS}
         policy["db_variants"] = DEFAULT_DB_VARIANTS if self.db_variants is None else self.db_variants
         return CheckPolicy(**policy, variant_seed=self.seed)
+
+    @property
+    def checks_gold(self) -> bool:
+        """Whether samples' golds are checked (suspects.py): with --db-root, unless the ledger was made before."""
+        return bool(self.db_root) and self.gold_suspect != ""
 
     @property
     def output_path(self) -> Path:
@@ -345,6 +380,8 @@ class GenerateConfig:
             judging = {name: getattr(self, name) for name in CHECK_FIELDS}
             judging["evaluator"] = self.evaluator or DEFAULT_EVALUATOR
             judging["db_variants"] = DEFAULT_DB_VARIANTS if self.db_variants is None else self.db_variants
+            judging["gold_suspect"] = DEFAULT_GOLD_SUSPECT if self.gold_suspect is None else self.gold_suspect
+            judging["suspect_share"] = float(self.suspect_share)
             values.update((k, v) for k, v in judging.items() if CHECK_LEGACY.get(k, values) != v)
             values["db_root"] = str(Path(self.db_root).expanduser().resolve())
             values["time_limit"] = float(self.time_limit)

@@ -41,6 +41,18 @@ class Candidate:
     detail: str = ""
     spider: bool | None = None  # Spider's and BIRD's scores (None: not scored)
     bird: bool | None = None
+    digest: str = ""  # its result rows' digest (sql/verdict.py), for the gold check (suspects.py)
+    variant: int | None = None  # the database variant that told it apart from the gold, if one did
+
+    @property
+    def row(self) -> dict:
+        """What the gold check (suspects.py) reads of it, as a ledger row has it."""
+        return {
+            "verdict": self.verdict,
+            "verdict_detail": self.detail,
+            "result_digest": self.digest,
+            "variant": self.variant,
+        }
 
     @property
     def scores(self) -> dict:
@@ -164,6 +176,8 @@ class SamplePairs:
     candidates: list[Candidate]
     answer: str = "sql"
     scored: bool = False  # the lines carry each side's evaluator scores (not with the lenient rule)
+    suspect: str | None = None  # why its gold is suspect, "" if not, None when golds are not checked
+    skipped: bool = False  # suspect under --gold-suspect skip: no pair
 
     @property
     def fallback(self) -> bool:

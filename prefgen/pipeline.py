@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Iterable, Iterator
 
@@ -25,7 +26,8 @@ from prefgen.ledger.store import Ledger
 from prefgen.pairing import SamplePairs, candidate_from_row, form_pairs, model_pairs
 from prefgen.plan import attempt_units
 from prefgen.runtime.faults import fault_point
-from prefgen.units import CANDIDATE, WRITTEN, Judged, Record, WorkUnit
+from prefgen.suspects import suspicion
+from prefgen.units import CANDIDATE, GOLD_SUSPECT, WRITTEN, Judged, Record, WorkUnit
 
 VERDICT_BACKLOG = 2  # batches judged but waiting for execution verdicts before we wait for them
 
@@ -46,17 +48,29 @@ def attempt_rule(cfg: GenerateConfig) -> AttemptRule:
 
 class OpenSamples:
     """The samples whose units are in flight, and the further attempts (--max-attempts) the
-    ones a commit completes still need, to be generated next."""
+    ones a commit completes still need, to be generated next.
+
+    With --db-root and --pairs gold the gold of each sample is checked once all its answers are
+    judged (suspects.py), and every line carries the outcome: so the units of a sample are held
+    back, uncommitted, until its last one is judged, and committed together (a crash meanwhile
+    loses only uncommitted units: they are generated again, with the same seeds)."""
 
     def __init__(self, cfg: GenerateConfig, ledger: Ledger, rule: AttemptRule):
         self.cfg, self.ledger, self.rule = cfg, ledger, rule
-        self.open: dict[int, list] = {}  # --max-attempts: sample -> [record, units in flight]
+        self.hold = cfg.checks_gold and not cfg.onpolicy
+        self.open: dict[int, list] = {}  # tracked: sample -> [record, units in flight]
+        self.held: dict[int, list[Judged]] = {}  # gold checked: sample -> its judged units not committed yet
         self.followups: deque[WorkUnit] = deque()  # --max-attempts: further attempts to make
+
+    @property
+    def tracks(self) -> bool:
+        """Whether the units in flight are counted per sample (to know when one is complete)."""
+        return self.rule.has_further or self.hold
 
     def tracked(self, units: Iterable[WorkUnit]) -> Iterator[WorkUnit]:
         """The pending units, with further attempts slipped in as they are planned; counts each
         sample's units in flight."""
-        track = self.rule.has_further
+        track = self.tracks
         for unit in units:
             while self.followups:
                 yield self.followups.popleft()
@@ -66,46 +80,93 @@ class OpenSamples:
         while self.followups:
             yield self.followups.popleft()
 
-    def settle(self, judged: list[Judged]) -> tuple[list[SamplePairs], list[WorkUnit]]:
+    def settle(self, judged: list[Judged]) -> Settled:
         """For each sample whose units in flight this batch completes, from its units in the
-        ledger and in this batch: with --pairs onpolicy, its pairs once it needs no further
-        attempt; with --max-attempts, the next wave of attempts it needs."""
-        track = self.rule.has_further
-        if not (track or self.cfg.onpolicy):
-            return [], []
+        ledger, held back and in this batch: with --pairs onpolicy, its pairs once it needs no
+        further attempt; with --max-attempts, the next wave of attempts it needs; with the gold
+        checked, whether it is suspect. Returns what to commit now, in batch order."""
+        if not (self.tracks or self.cfg.onpolicy):
+            return Settled(judged)
         batch: dict[int, list] = {}
         for item in judged:
-            batch.setdefault(item.unit.sample_index, [item.unit.record]).append(unit_row(item))
-        paired, further = [], []
-        for sample, (record, *rows) in batch.items():
-            if track:
+            batch.setdefault(item.unit.sample_index, [item.unit.record]).append(item)
+        settled = Settled([])
+        for sample, (record, *items) in batch.items():
+            if self.tracks:
                 entry = self.open.get(sample)
                 if entry is None:
+                    settled.items += items
                     continue
-                entry[1] -= len(rows)
+                entry[1] -= len(items)
                 if entry[1]:
-                    continue  # more of its units are in flight
+                    self._wait(settled, sample, items)  # more of its units are in flight
+                    continue
+            held = self.held.pop(sample, [])
             units = {row["reject_index"]: row for row in self.ledger.sample_units(sample)}
-            units.update((row["reject_index"], row) for row in rows)
+            units.update((item.unit.reject_index, unit_row(item)) for item in held + items)
             need = self.rule.need(units)
-            if need.retry:
-                self.open.pop(sample, None)  # oom / error: the next run retries them
-                continue
-            if need.further:
+            if need.further and not need.retry:
                 self.open[sample] = [record, len(need.further)]
-                further += attempt_units(record, need.further, self.cfg.seed)
+                settled.further += attempt_units(record, need.further, self.cfg.seed)
+                self._wait(settled, sample, held + items)
                 continue
-            self.open.pop(sample, None)
+            self.open.pop(sample, None)  # complete, or with oom / error units the next run retries
+            rows = [units[attempt] for attempt in sorted(units)]
+            suspect = suspicion(rows, self.cfg.suspect_share) if self.cfg.checks_gold else None
             if self.cfg.onpolicy:
-                paired.append(self.pairs_of(record, [units[attempt] for attempt in sorted(units)]))
-        return paired, further
+                settled.items += items
+                if need.retry:
+                    continue  # paired once the next run has its missing answers
+                settled.paired.append(self.pairs_of(record, rows, suspect))
+            else:
+                settled.items += [self.flagged(item, suspect) for item in held + items]
+                if suspect and self.cfg.gold_suspect == "skip":  # settled with no pair (sample_progress reads it)
+                    settled.paired.append(SamplePairs(record, [], [], suspect=suspect, skipped=True))
+            if suspect is not None:
+                settled.checked.append(gold_check(record, suspect))
+        return settled
 
-    def pairs_of(self, record: Record, rows: list[dict]) -> SamplePairs:
-        """The pairs of a sample that needs nothing more, from its units' rows."""
+    def _wait(self, settled: "Settled", sample: int, items: list[Judged]) -> None:
+        """Hold a sample's judged units back until it is complete (gold checked), or commit them."""
+        if self.hold:
+            self.held.setdefault(sample, []).extend(items)
+        else:
+            settled.items += items
+
+    def flagged(self, item: Judged, suspect: str | None) -> Judged:
+        """A gold-mode unit with its sample's gold check: under --gold-suspect skip, a reject of a
+        suspect gold is not written."""
+        if suspect is None:
+            return item
+        if suspect and item.status == WRITTEN and self.cfg.gold_suspect == "skip":
+            return replace(item, status=GOLD_SUSPECT, detail=suspect, suspect=suspect)
+        return replace(item, suspect=suspect)
+
+    def pairs_of(self, record: Record, rows: list[dict], suspect: str | None = None) -> SamplePairs:
+        """The pairs of a sample that needs nothing more, from its units' rows (none when its
+        gold is suspect and --gold-suspect is skip)."""
         cfg = self.cfg
         candidates = [candidate_from_row(row) for row in rows if row["status"] == CANDIDATE]
-        pairs = form_pairs(candidates, cfg.num_rejects, cfg.answer, cfg.fallback, record.output)
-        return SamplePairs(record, pairs, candidates, cfg.answer, scored=cfg.evaluator != LENIENT)
+        skip = bool(suspect) and cfg.gold_suspect == "skip"
+        pairs = [] if skip else form_pairs(candidates, cfg.num_rejects, cfg.answer, cfg.fallback, record.output)
+        scored = cfg.evaluator != LENIENT
+        return SamplePairs(record, pairs, candidates, cfg.answer, scored=scored, suspect=suspect, skipped=skip)
+
+
+def gold_check(record: Record, suspect: str) -> dict:
+    """The ledger's gold check of a sample (its `samples` row's columns)."""
+    return {"sample_index": record.index, "gold_suspect": int(bool(suspect)), "suspect_detail": suspect or None}
+
+
+@dataclass
+class Settled:
+    """What a commit writes: the units ready (in batch order), the on-policy samples it pairs,
+    the gold checks of gold-mode samples it completes, and the further attempts to make."""
+
+    items: list[Judged]
+    paired: list[SamplePairs] = field(default_factory=list)
+    checked: list[dict] = field(default_factory=list)
+    further: list[WorkUnit] = field(default_factory=list)
 
 
 class CommitPipeline:
@@ -181,11 +242,11 @@ class CommitPipeline:
             self.waiting.popleft()
             if verdicts:
                 judged = [self.with_verdict(item, check) for item, check in zip(judged, verdicts, strict=True)]
-            paired, further = self.samples.settle(judged)
-            self.journal.commit(self.run_id, judged, paired)
-            self.done += len(judged)
-            self.samples.followups.extend(further)
-            self.on_commit(len(judged), len(further))
+            settled = self.samples.settle(judged)
+            self.journal.commit(self.run_id, settled.items, settled.paired, settled.checked)
+            self.done += len(settled.items)
+            self.samples.followups.extend(settled.further)
+            self.on_commit(len(settled.items), len(settled.further))
 
     def with_verdict(self, item: Judged, check: Future | None) -> Judged:
         """The judged answer with its execution verdict, once that is in."""

@@ -69,6 +69,7 @@ TIMEOUT = "timeout"
 UNVERIFIABLE = "unverifiable"
 DISPUTED = "disputed"  # the selected evaluators disagree: never a reject, never a chosen
 EMPTY_RESULTS = "both return no rows"
+GOLD_FAILS = "gold fails"  # the detail of an `unverifiable` verdict whose gold query fails
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,9 @@ ERROR = "error"
 RETRY = "retry"
 TOO_LONG = "too_long"
 CANDIDATE = "candidate"  # --pairs onpolicy: a judged answer, with a role
+GOLD_SUSPECT = "gold_suspect"  # --gold-suspect skip: a reject not written, its sample's gold is suspect
 
-CANDIDATE_STATUSES = (WRITTEN, DROPPED, CANDIDATE)  # answers that later ones are deduplicated against
+CANDIDATE_STATUSES = (WRITTEN, DROPPED, CANDIDATE, GOLD_SUSPECT)  # answers that later ones are deduplicated against
 CHOSEN, REJECTED, NEITHER = "chosen", "rejected", "neither"  # a candidate's roles
 RETRIED_STATUSES = (OOM, ERROR, RETRY)  # a later run generates these units again
 
@@ -128,3 +130,4 @@ class Judged:
     detail: str = ""
     verdict: Verdict | None = None  # the execution verdict, with --db-root
     role: str | None = None  # --pairs onpolicy: chosen, rejected or neither
+    suspect: str | None = None  # gold mode, checked: why its sample's gold is suspect, "" if not (suspects.py)

@@ -192,3 +192,17 @@ def scripted(workdir, answers, records=1, **settings):
     engine = ScriptedEngine(lambda sample, attempt: answers[attempt])
     summary = generate(cfg, ["test"], show_progress=False, engine=engine)
     return summary, (read_jsonl(out) if out.exists() else []), str(out) + ".ledger.sqlite"
+
+
+def browse_pages(ledger, *urls):
+    """`prefgen browse`'s Datasette (its own test client, in process): (status, body) per URL."""
+    import asyncio
+
+    from prefgen.ledger.browse import make_datasette
+
+    async def get_all():
+        ds = make_datasette(ledger)
+        await ds.invoke_startup()
+        return [(r.status_code, r.text) for r in [await ds.client.get(url) for url in urls]]
+
+    return asyncio.run(get_all())

@@ -1,6 +1,5 @@
 """`prefgen browse`: the ledger in Datasette, read-only, with prefgen's dashboard and queries."""
 
-import asyncio
 import os
 import shutil
 import socket
@@ -11,7 +10,7 @@ import urllib.request
 
 import orjson
 import pytest
-from conftest import ROOT, generate_args, query, read_jsonl, run_cli, start
+from conftest import ROOT, browse_pages, generate_args, query, read_jsonl, run_cli, start
 
 DB_ROOT = ROOT / "examples" / "spider_en" / "db"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -28,20 +27,8 @@ def judged_run(tiny_model, tmp_path_factory):
     return out, str(out) + ".ledger.sqlite"
 
 
-def fetch(ledger, *urls):
-    """Datasette's own test client on prefgen's configuration: (status, body) per URL."""
-    from prefgen.ledger.browse import make_datasette
-
-    async def get_all():
-        ds = make_datasette(ledger)
-        await ds.invoke_startup()
-        return [(r.status_code, r.text) for r in [await ds.client.get(url) for url in urls]]
-
-    return asyncio.run(get_all())
-
-
 def rows(ledger, url):
-    status, body = fetch(ledger, url)[0]
+    status, body = browse_pages(ledger, url)[0]
     assert status == 200, body[:500]
     return orjson.loads(body)
 
@@ -66,12 +53,12 @@ def test_pages_and_queries_show_what_the_ledger_holds(judged_run):
     assert rows(ledger, "/ledger/pairs.json?db=no_such_db&verdict=&source=&_shape=array") == []
     outcomes = rows(ledger, "/ledger/outcomes_by_database.json?_shape=array")
     assert sum(o["units"] for o in outcomes) == len(units) and {o["db"] for o in outcomes} == {"department_store"}
-    status, page = fetch(ledger, "/-/dashboards/run")[0]
+    status, page = browse_pages(ledger, "/-/dashboards/run")[0]
     assert status == 200
     for title in ("Units done over time", "Verdicts per database", "Units by status", "Failures", "ETA"):
         assert title in page
     # long SQL and answers are not cut
-    status, table = fetch(ledger, "/ledger/pair_lines?_size=max")[0]
+    status, table = browse_pages(ledger, "/ledger/pair_lines?_size=max")[0]
     assert status == 200 and max(len(line["chosen"]) for line in lines) > 100
     assert all(line["chosen"].replace('"', "&#34;").replace("'", "&#39;") in table for line in lines[:3])
 
@@ -97,7 +84,7 @@ def test_the_dashboard_and_ledger_status_agree(judged_run):
 
 def test_the_home_page_lists_only_the_ledger(judged_run):
     _, ledger = judged_run
-    (status, body), (page_status, page), (memory, _) = fetch(ledger, "/.json", "/", "/_memory")
+    (status, body), (page_status, page), (memory, _) = browse_pages(ledger, "/.json", "/", "/_memory")
     assert status == page_status == 200
     assert list(orjson.loads(body)) == ["ledger"]
     assert "_memory" not in page and memory == 404
@@ -108,14 +95,14 @@ def test_the_time_axis_spec_is_a_24_hour_utc_clock(judged_run):
 
     x = configuration()["plugins"]["datasette-dashboards"]["run"]["charts"]["progress"]["display"]["encoding"]["x"]
     assert (x["type"], x["scale"], x["axis"]) == ("temporal", {"type": "utc"}, {"format": "%H:%M"})
-    status, page = fetch(judged_run[1], "/-/dashboards/run")[0]
+    status, page = browse_pages(judged_run[1], "/-/dashboards/run")[0]
     assert status == 200 and '"format": "%H:%M"' in page
 
 
 def test_browsing_cannot_write(judged_run):
     _, ledger = judged_run
     before = query(ledger, "select count(*) as n from units")
-    results = fetch(
+    results = browse_pages(
         ledger,
         "/ledger.json?sql=delete+from+units",
         "/ledger.json?sql=" + urllib.request.quote("with x as (select 1) delete from units"),

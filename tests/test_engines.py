@@ -40,7 +40,8 @@ def vllm_engine(tiny_model):
     from prefgen.engines.vllm import VLLMEngine
 
     config = SimpleNamespace(
-        model_config=SimpleNamespace(max_model_len=8192), scheduler_config=SimpleNamespace(max_num_seqs=16, max_num_batched_tokens=8192)
+        model_config=SimpleNamespace(max_model_len=8192),
+        scheduler_config=SimpleNamespace(max_num_seqs=16, max_num_batched_tokens=8192),
     )
     llm = SimpleNamespace(vllm_config=config, engine_core=SimpleNamespace())
     engine = VLLMEngine(llm, None, load_tokenizer(str(tiny_model)), [0], tiny_config(tiny_model), "cpu")

@@ -14,6 +14,7 @@ STATUS_KEYS = {
     "lines_written",
     "tokens",
     "answers",
+    "golds",
     "throughput",
     "eta_s",
     "last_update",
@@ -41,6 +42,7 @@ def test_status_figures_match_the_ledger_and_the_jsonl(partial_run):
     assert set(data["units"]) == {"total", "done", "remaining", "failed", "by_status", "by_verdict"}
     assert set(data["samples"]) == {"total", "complete", "partial", "pending"}
     assert data["pairs"] == {"mode": "gold"}
+    assert data["golds"] is None  # no --db-root: golds not checked
     assert set(data["throughput"]) == {
         "units_per_s",
         "tokens_per_s",
@@ -166,7 +168,15 @@ def test_ledger_schema(partial_run):
         "variant": int,
     }
     assert db["units"].pks == ["sample_index", "reject_index"]
-    assert db["samples"].columns_dict == {"sample_index": int, "db": str, "instruction": str, "input": str, "gold": str}
+    assert db["samples"].columns_dict == {
+        "sample_index": int,
+        "db": str,
+        "instruction": str,
+        "input": str,
+        "gold": str,
+        "gold_suspect": int,
+        "suspect_detail": str,
+    }
     assert set(db["pairs"].columns_dict) >= {"sample_index", "pair_index", "chosen_source", "line"}
     assert set(db.view_names()) == {
         "progress",
@@ -189,6 +199,7 @@ def test_ledger_schema(partial_run):
         "m008_rewards",
         "m009_variants",
         "m010_answer_source",
+        "m011_gold_suspect",
     ]
 
 

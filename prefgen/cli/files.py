@@ -76,8 +76,11 @@ def merge(output, world_size):
 @click.option("--to", "directory", required=True, type=click.Path(file_okay=False), help="Directory to write into.")
 @click.option("--name", default="", help="Dataset name [default: the file's name before its first dot].")
 @click.option("--system", default=None, help="System prompt [default: the one the ledger's run used].")
+@click.option(
+    "--skip-suspect", is_flag=True, help="Leave out the pairs whose gold is flagged gold_suspect (--gold-suspect keep)."
+)
 @friendly_errors
-def export(pairs, fmt, directory, name, system):
+def export(pairs, fmt, directory, name, system, skip_suspect):
     """Export a prefgen JSONL for LLaMA-Factory (alpaca or sharegpt) or TRL.
 
     PAIRS is a run's output: JSON Lines, or a .json output's JSON array (its journal until
@@ -94,7 +97,7 @@ def export(pairs, fmt, directory, name, system):
 
     if system is None:
         system = run_system_prompt(pairs)
-    summary = export_pairs(pairs, fmt, directory, name, system)
+    summary = export_pairs(pairs, fmt, directory, name, system, skip_suspect)
     noun = "rows" if fmt in ("kto", "rewards") else "pairs"  # one row per side of a pair
     click.echo(f"Wrote {summary.written} {noun} to {summary.path}")
     if summary.dataset_info:

@@ -215,6 +215,10 @@ def generate(no_progress, **options):
             write_json_output(summary.output, target)
     if cfg.reuse_answers:
         click.echo(reused_summary(summary.ledger))
+    if cfg.db_root:
+        from prefgen.ledger.inspect import golds_summary
+
+        click.echo(golds_summary(str(summary.ledger)) or "Golds    not checked (a ledger made before gold checks)")
     click.echo(f"Output: {where(target, summary.output, summary.finished)}\nLedger: {summary.ledger}")
     if not summary.finished:
         click.echo("Some units could not be generated (oom/error): run the same command again to retry them.", err=True)

@@ -46,7 +46,7 @@ def ledger():
 
 @ledger.command()
 @click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="One JSON object with stable keys (see README).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with stable keys (see docs/ledger.md).")
 @click.option("--as-config", is_flag=True, help="Print the latest run's settings as a --config YAML file.")
 @click.option(
     "--recent-minutes", type=int, default=RECENT_MINUTES, show_default=True, help="Window of the recent speed."
@@ -90,6 +90,27 @@ def show(path, sample_index, full):
     from prefgen.ledger.inspect import format_sample
 
     click.echo(format_sample(str(ledger_of(path)), sample_index, full))
+
+
+@ledger.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per sample.")
+@friendly_errors
+def suspects(path, as_json):
+    """The golds worth a second look: samples whose gold fails, or whose answers mostly agree
+    on another result (needs --db-root; see docs/generate-and-judging.md).
+
+    \b
+    Example:
+      prefgen ledger suspects pairs.jsonl
+      prefgen ledger suspects pairs.jsonl --json | jq -r '.[].gold'
+    """
+    import orjson
+
+    from prefgen.ledger.inspect import format_suspects, suspects_data
+
+    rows = suspects_data(str(ledger_of(path)))
+    click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() if as_json else format_suspects(rows))
 
 
 @ledger.command()

@@ -12,9 +12,11 @@ from prefgen.config import (
     DEDUP_MODES,
     DEFAULT_DB_VARIANTS,
     DEFAULT_EVALUATOR,
+    DEFAULT_GOLD_SUSPECT,
     EQUIVALENCE_MODES,
     EVALUATORS,
     FALLBACK_MODES,
+    GOLD_SUSPECT_MODES,
     GenerateConfig,
 )
 from prefgen.errors import PrefgenError
@@ -127,6 +129,22 @@ def check_options(command):
                 default=default("db_variant_max_mb"),
                 show_default=True,
                 help="Databases larger than this are checked on the original only (with a warning).",
+            ),
+            click.option(
+                "--gold-suspect",
+                type=click.Choice(GOLD_SUSPECT_MODES),
+                default=None,
+                help="A sample whose gold fails, or whose executed answers mostly agree on another result, is "
+                "flagged gold_suspect: keep its pairs (flagged) or skip them "
+                f"[default: {DEFAULT_GOLD_SUSPECT}; a ledger made before gold checks: not checked].",
+            ),
+            click.option(
+                "--suspect-share",
+                type=float,
+                default=default("suspect_share"),
+                show_default=True,
+                help="A gold is suspect when more than this share of a sample's executed answers (at least 2) "
+                "agree on one result the gold does not give.",
             ),
             click.option(
                 "--time-limit", type=float, default=default("time_limit"), show_default=True, help="Seconds per query."

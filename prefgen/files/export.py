@@ -14,7 +14,11 @@ Formats:
   execution reward of config.execution_reward: 1 correct, 0.1 executes but wrong, 0 fails; the
   gold is 1), `verdicts` (the execution verdict and its detail) and `source` (gold or model);
   deduplicated like `kto`. A side without a verdict (a run without --db-root) has no reward: it is
-  skipped and counted.
+  skipped and counted. Each row carries `gold_suspect` (suspects.py: true when its sample's gold
+  looks wrong, null when golds were not checked).
+
+`--skip-suspect` leaves out the pairs flagged `gold_suspect` (a run with --gold-suspect keep),
+counted, for every format.
 
 LLaMA-Factory silently drops rows whose chosen or rejected is not a string; prefgen never
 writes such a row: it skips it, counts it and says why.
@@ -174,7 +178,7 @@ def unpaired_rows(pair: dict, fmt: str, system: str, seen: set, skipped: Counter
         if fmt == "kto":
             row["label"] = label
         else:
-            row.update(reward=reward, verdicts=verdicts, source=source)
+            row.update(reward=reward, verdicts=verdicts, source=source, gold_suspect=pair.get("gold_suspect"))
         yield row
 
 
@@ -191,8 +195,14 @@ def dataset_info_entry(fmt: str, file_name: str, system: bool) -> dict:
     return entry
 
 
-def export_pairs(source: str, fmt: str, to: str, name: str = "", system: str = "") -> ExportSummary:
-    """Write `source` (a prefgen output: JSON Lines, or a `.json` output's array) in `fmt` into directory `to`."""
+SUSPECT = "gold suspect (--skip-suspect)"
+
+
+def export_pairs(
+    source: str, fmt: str, to: str, name: str = "", system: str = "", skip_suspect: bool = False
+) -> ExportSummary:
+    """Write `source` (a prefgen output: JSON Lines, or a `.json` output's array) in `fmt` into
+    directory `to`; with `skip_suspect`, without the pairs whose gold is flagged suspect."""
     directory = Path(to)
     directory.mkdir(parents=True, exist_ok=True)
     name = name or Path(source).name.split(".")[0]
@@ -201,7 +211,7 @@ def export_pairs(source: str, fmt: str, to: str, name: str = "", system: str = "
     seen: set[bytes] = set()
     with atomic_write(target) as handle:
         for pair in read_output(Path(source)):
-            reason = problem(pair)
+            reason = problem(pair) or (SUSPECT if skip_suspect and pair.get("gold_suspect") is True else None)
             if reason:
                 summary.skipped[reason] += 1
                 continue

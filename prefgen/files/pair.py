@@ -26,6 +26,7 @@ from prefgen.files.export import read_pairs
 from prefgen.judge import candidate_role
 from prefgen.pairing import Candidate, SamplePairs, form_pairs
 from prefgen.sql.workers import Checker
+from prefgen.suspects import suspicion
 from prefgen.units import CHOSEN, REJECTED, Record
 
 ANSWER_FIELDS = ("answer", "seed")  # a line's own fields; the rest are the record's
@@ -43,6 +44,8 @@ class PairSummary:
     without_correct: int = 0
     without_wrong: int = 0
     fallbacks: int = 0
+    suspects: list[tuple[int, str, str]] = field(default_factory=list)  # (first line, database, why)
+    skipped: int = 0  # suspect golds under --gold-suspect skip: no pair
 
 
 @dataclass
@@ -119,6 +122,8 @@ def judge_group(checker: Checker, policy: CheckPolicy, group: Group) -> list[Can
                 detail=verdict.detail if verdict else "",
                 spider=verdict.spider if verdict else None,
                 bird=verdict.bird if verdict else None,
+                digest=verdict.digest if verdict else "",
+                variant=verdict.variant if verdict else None,
             )
         )
     return candidates
@@ -136,11 +141,15 @@ def pair_file(source: str, output: str, policy: CheckPolicy, num_pairs: int, ans
         with atomic_write(Path(output), ".pairing") as handle:
             for group in groups(source, policy.db_field):
                 candidates = judge_group(checker, policy, group)
-                pairs = form_pairs(candidates, num_pairs, answer, fallback, group.record.output)
-                sample = SamplePairs(group.record, pairs, candidates, answer, scored=True)
+                suspect = suspicion([c.row for c in candidates], policy.suspect_share) if policy.checks_gold else None
+                skip = bool(suspect) and policy.gold_suspect == "skip"
+                pairs = [] if skip else form_pairs(candidates, num_pairs, answer, fallback, group.record.output)
+                sample = SamplePairs(group.record, pairs, candidates, answer, True, suspect, skip)
                 for pair in pairs:
                     handle.write(pair_line(sample, pair))
                 _count(summary, sample)
+                if suspect:
+                    summary.suspects.append((group.first_line, group.record.fields[policy.db_field], suspect))
     finally:
         checker.close()
     return summary
@@ -155,6 +164,7 @@ def _count(summary: PairSummary, sample: SamplePairs) -> None:
     summary.without_correct += not correct
     summary.without_wrong += sample.count(REJECTED) == 0
     summary.fallbacks += sample.fallback
+    summary.skipped += sample.skipped
 
 
 def format_pair_summary(summary: PairSummary) -> str:
@@ -171,4 +181,16 @@ def format_pair_summary(summary: PairSummary) -> str:
         f"  {'paired with the gold':<26} {summary.fallbacks:>7}",
         f"{'pairs written':<28} {summary.pairs:>7}",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + suspect_lines(summary.suspects, summary.skipped, "record"))
+
+
+def suspect_lines(suspects: list[tuple[int, str, str]], skipped: int, what: str, limit: int = 20) -> list[str]:
+    """The summary's list of golds worth a second look (suspects.py), by first line."""
+    if not suspects:
+        return []
+    skip = f", {skipped} skipped (no pair)" if skipped else ""
+    lines = [f"suspect golds: {len(suspects)} {what}s{skip}; worth a second look:"]
+    lines += [f"  line {line} ({db}): {why}" for line, db, why in suspects[:limit]]
+    if len(suspects) > limit:
+        lines.append(f"  ... and {len(suspects) - limit} more")
+    return lines

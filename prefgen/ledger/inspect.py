@@ -54,8 +54,10 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         last_error = ledger.last_error()
         settings = orjson.loads(runs and ledger.runs()[-1]["settings"] or "{}")
         mode = orjson.loads(ledger.meta("fingerprint") or "{}").get("pairs", "gold")
-        paired = ledger.paired_summary() if mode == "onpolicy" else None
+        fingerprint = orjson.loads(ledger.meta("fingerprint") or "{}")
+        paired = paired_summary(ledger.db) if mode == "onpolicy" else None
         answers = answer_sources(ledger.db)
+        golds = _golds_data(gold_checks(ledger.db), fingerprint.get("gold_suspect"))
     finally:
         ledger.close()
     samples_total = progress["samples_total"] or 0
@@ -79,6 +81,7 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         "pairs": _pairs_data(mode, paired),
         "tokens": {"prompt": overall["prompt_tokens"], "generated": overall["new_tokens"]},
         "answers": answers,
+        "golds": golds,
         "throughput": {
             "units_per_s": speed["units_per_s"],
             "tokens_per_s": speed["tokens_per_s"],
@@ -92,6 +95,66 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         "last_error": last_error,
         "settings": settings,
     }
+
+
+def paired_summary(db) -> dict:
+    """--pairs onpolicy: what the model's own answers gave, over the samples paired so far."""
+    return next(
+        db.query(
+            "select count(*) as samples, coalesce(sum(chosen_candidates > 0), 0) as with_correct,"
+            " coalesce(sum(chosen_candidates = 0), 0) as without_correct,"
+            " coalesce(sum(rejected_candidates = 0), 0) as without_wrong,"
+            " coalesce(sum(pairs), 0) as pairs, coalesce(sum(fallback), 0) as fallbacks,"
+            " coalesce(sum(pairs > 0), 0) as with_pairs from paired_samples"
+        )
+    )
+
+
+def gold_checks(db) -> dict | None:
+    """Samples whose gold was checked, and how many of those are suspect (suspects.py); None
+    for a ledger made before golds were checked."""
+    if "gold_suspect" not in db["samples"].columns_dict:
+        return None
+    sql = "select count(gold_suspect) as checked, coalesce(sum(gold_suspect), 0) as suspect from samples"
+    return next(db.query(sql))
+
+
+def suspects(db) -> list[dict]:
+    """The samples whose gold is suspect, with their question, gold, database and why."""
+    if "gold_suspect" not in db["samples"].columns_dict:
+        return []
+    sql = (
+        "select sample_index, db, instruction, input, gold, suspect_detail from samples"
+        " where gold_suspect = 1 order by sample_index"
+    )
+    return list(db.query(sql))
+
+
+def _golds_data(checks: dict | None, mode: str | None) -> dict | None:
+    """The gold checks (suspects.py): samples checked, suspect, and skipped (no pair) under
+    --gold-suspect skip; None when the run did not check golds."""
+    if checks is None or mode is None:
+        return None
+    skipped = checks["suspect"] if mode == "skip" else 0
+    return {"mode": mode, "checked": checks["checked"], "suspect": checks["suspect"], "skipped": skipped}
+
+
+def golds_line(golds: dict) -> str:
+    """The line of `ledger status` and of generate's summary on the gold checks."""
+    skipped = f", {golds['skipped']} skipped (no pair)" if golds["mode"] == "skip" else ""
+    hint = ": `prefgen ledger suspects` lists them" if golds["suspect"] else ""
+    return f"Golds    {golds['checked']} checked, {golds['suspect']} suspect{skipped}{hint}"
+
+
+def golds_summary(path: str) -> str:
+    """generate's summary line on the gold checks, or "" when the run did not check golds."""
+    ledger = Ledger(path, readonly=True)
+    try:
+        mode = orjson.loads(ledger.meta("fingerprint") or "{}").get("gold_suspect")
+        golds = _golds_data(gold_checks(ledger.db), mode)
+    finally:
+        ledger.close()
+    return golds_line(golds) if golds else ""
 
 
 def _pairs_data(mode: str, paired: dict | None) -> dict:
@@ -130,6 +193,8 @@ def format_status(data: dict) -> str:
     ]
     if data["answers"]["reused"]:  # --reuse-answers
         lines.insert(5, reuse_line(data["answers"]))
+    if data["golds"]:
+        lines.insert(4, golds_line(data["golds"]))
     if units["by_verdict"]:
         lines.insert(4, "Verdicts " + ", ".join(f"{k} {v}" for k, v in sorted(units["by_verdict"].items())))
     pairs = data["pairs"]
@@ -193,6 +258,31 @@ def format_sample(path: str, sample_index: int, full: bool = False, width: int =
         ]
         if unit["detail"]:
             lines.append(f"  detail: {unit['detail']}")
+    return "\n".join(lines)
+
+
+def suspects_data(path: str) -> list[dict]:
+    """The samples whose gold is suspect (`prefgen ledger suspects --json`)."""
+    ledger = Ledger(path, readonly=True)
+    try:
+        return suspects(ledger.db)
+    finally:
+        ledger.close()
+
+
+def format_suspects(suspects: list[dict], width: int = 200) -> str:
+    """The golds worth a second look: sample, database, why, question and gold."""
+    if not suspects:
+        return "No suspect gold."
+    lines = [f"{len(suspects)} golds worth a second look"]
+    for row in suspects:
+        lines_of = (row["input"] or row["instruction"] or "").strip().splitlines() or [""]
+        question = lines_of[-1]  # Spider- and BIRD-style records end with the question
+        lines += [
+            f"- sample {row['sample_index']}  db {row['db'] or '-'}: {row['suspect_detail']}",
+            f"  question: {question[:width]}",
+            f"  gold: {row['gold']}",
+        ]
     return "\n".join(lines)
 
 

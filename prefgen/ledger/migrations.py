@@ -159,10 +159,19 @@ def m010_answer_source(db: sqlite_utils.Database) -> None:
     db["units"].add_column("source", str)
 
 
+def m011_gold_suspect(db: sqlite_utils.Database) -> None:
+    """Each sample's gold check (suspects.py): 1 when its gold looks wrong, with why; 0 when not;
+    NULL when not checked (no --db-root, a ledger made before, or the sample not complete)."""
+    db["samples"].add_column("gold_suspect", int)
+    db["samples"].add_column("suspect_detail", str)
+
+
 # Migrations that only add columns no view and no reader of prefgen's reads: a ledger without
 # them is still read (status, browse, export) without being written; its first writing open adds
 # them. Readers of an older prefgen's ledger thus keep working after an upgrade.
-READER_OPTIONAL = frozenset({"m007_evaluators", "m008_rewards", "m009_variants", "m010_answer_source"})
+READER_OPTIONAL = frozenset(
+    {"m007_evaluators", "m008_rewards", "m009_variants", "m010_answer_source", "m011_gold_suspect"}
+)
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     m001_initial,
@@ -175,6 +184,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     m008_rewards,
     m009_variants,
     m010_answer_source,
+    m011_gold_suspect,
 ]
 
 

@@ -167,13 +167,20 @@ class Ledger:
         pairs: list[dict] = (),
         samples: list[dict] = (),
         records: list[dict] = (),
+        checked: list[dict] = (),
     ) -> None:
         """Record a batch of units (with their samples' `records`; with --pairs onpolicy, the
-        pairs and samples it completes) and the output's new committed length in one transaction."""
+        pairs and samples it completes; the gold checks of the samples it completes) and the
+        output's new committed length in one transaction."""
         stamp = now()
         try:
             with self.db.atomic():
                 self.db["samples"].insert_all(records, pk="sample_index", ignore=True)
+                self.db.conn.executemany(
+                    "update samples set gold_suspect = :gold_suspect, suspect_detail = :suspect_detail"
+                    " where sample_index = :sample_index",
+                    checked,
+                )
                 self.db["units"].upsert_all(
                     [{**row, "run_id": run_id, "updated_at": stamp} for row in rows],
                     pk=("sample_index", "reject_index"),
@@ -238,18 +245,6 @@ class Ledger:
     def run_history(self) -> list[dict]:
         """The `run_history` view: one row per run."""
         return list(self.db.query("select * from run_history"))
-
-    def paired_summary(self) -> dict:
-        """--pairs onpolicy: what the model's own answers gave, over the samples paired so far."""
-        return next(
-            self.db.query(
-                "select count(*) as samples, coalesce(sum(chosen_candidates > 0), 0) as with_correct,"
-                " coalesce(sum(chosen_candidates = 0), 0) as without_correct,"
-                " coalesce(sum(rejected_candidates = 0), 0) as without_wrong,"
-                " coalesce(sum(pairs), 0) as pairs, coalesce(sum(fallback), 0) as fallbacks,"
-                " coalesce(sum(pairs > 0), 0) as with_pairs from paired_samples"
-            )
-        )
 
     def sample_units(self, sample_index: int) -> list[dict]:
         """Every unit of one sample, in attempt order."""

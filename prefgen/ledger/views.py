@@ -44,7 +44,8 @@ def speed_sql(minutes: int) -> str:
 
 
 # name -> the view's SQL. A sample is complete once it has num_rejects written rejects, has used
-# its --max-attempts, or (--pairs onpolicy) has its pairs formed.
+# its --max-attempts, or has its pairs settled in `paired_samples` (--pairs onpolicy; with --pairs
+# gold, a sample --gold-suspect skip left without pairs).
 VIEWS: dict[str, str] = {
     "sample_progress": """
         with m as (

@@ -51,6 +51,7 @@ from prefgen.units import (
     EMPTY_RESULTS,
     EQUIVALENT,
     EXEC_ERROR,
+    GOLD_FAILS,
     TIMEOUT,
     UNVERIFIABLE,
     WRONG_RESULT,
@@ -220,7 +221,7 @@ def judge_execution(
     gold_of = gold_of or run
     gold = gold or gold_of(gold_sql)
     if not gold.ok:
-        return Verdict(UNVERIFIABLE, f"gold fails: {gold.error}")
+        return Verdict(UNVERIFIABLE, f"{GOLD_FAILS}: {gold.error}")
     same_program = explain(conn, gold_sql)
     if same_program is not None and same_program == explain(conn, candidate_sql):
         return Verdict(EQUIVALENT, "same bytecode", spider=True, bird=True)
