@@ -36,7 +36,7 @@ GENERATION_FIELDS = frozenset(
     ("base_model", "adapter_path", "sft_data", "seed", "temperature", "top_p", "max_new_tokens", "system", "rank",
      "world_size", "engine", "batch_invariant", "lora")
 )
-# The fields of checker.CheckPolicy (--db-root). Added later: in the fingerprint only when
+# The fields of CheckPolicy below (--db-root). Added later: in the fingerprint only when
 # used, so that older ledgers still resume.
 CHECK_FIELDS = (
     "db_root",

@@ -3,7 +3,7 @@
 Statuses: `written` (a line in the JSONL), `same_as_gold` (the gold query, up to layout),
 `duplicate` (same SQL as an earlier kept reject of the same sample, with --dedup-rejects),
 `no_sql` (nothing usable in the answer), and with --db-root `dropped` (the execution verdict
-says no evaluator would call it wrong: see checker.py and verdict.py). Units that could not be
+says no evaluator would call it wrong: see sql/verdict.py). Units that could not be
 generated are `oom` or `error` and are retried by the next run; a prompt longer than the
 engine's context is `too_long` (it would not fit next time either).
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from prefgen.extract import extract_sql
-from prefgen.sql.normalize import normalize_sql
+from prefgen.sql.normalize import dedup_key, normalize_sql
 from prefgen.units import (
     CANDIDATE,
     CHOSEN,
@@ -60,11 +60,6 @@ def with_verdict(item: Judged, verdict: Verdict, keep: bool) -> Judged:
     if item.status == CANDIDATE:
         return replace(item, verdict=verdict, detail=verdict.detail, role=candidate_role(verdict, keep))
     return replace(item, status=WRITTEN if keep else DROPPED, verdict=verdict, detail=verdict.detail)
-
-
-def dedup_key(sql: str, mode: str) -> str:
-    """What two rejects must share to be duplicates under a --dedup-rejects mode."""
-    return normalize_sql(sql) if mode == "sql" else sql
 
 
 def judge_batch(

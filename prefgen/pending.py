@@ -11,9 +11,9 @@ from typing import Iterable, Iterator
 
 from prefgen.attempts import AttemptRule
 from prefgen.errors import ChangedInput
-from prefgen.judge import dedup_key
 from prefgen.ledger.store import Ledger
 from prefgen.plan import attempt_units
+from prefgen.sql.normalize import dedup_key
 from prefgen.units import CANDIDATE_STATUSES, Record, WorkUnit
 
 WINDOW = 1024  # records looked up in the ledger per query: bounds memory on any input size

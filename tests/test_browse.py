@@ -78,7 +78,7 @@ def test_the_dashboard_and_ledger_status_agree(judged_run):
     for row in rows(ledger, "/ledger/outcomes_by_database.json?_shape=array"):
         by_status[row["status"]] = by_status.get(row["status"], 0) + row["units"]
     assert by_status == status["units"]["by_status"]
-    # the README's first query reads the same view
+    # docs/ledger.md's first query reads the same view
     assert query(ledger, "select * from progress") == [progress]
 
 

@@ -206,7 +206,7 @@ def test_verify_names_a_line_without_its_database_field(workdir):
 
 
 def test_verdicts_on_variants_of_every_shipped_gold_query():
-    """The variants `make bench` reports on (README, docs/benchmarks.md), over 302 real golds:
+    """The variants `make bench` reports on (docs/benchmarks.md), over 302 real golds:
     a reformatted gold is never a reject, a reordered one never wrong, a flipped filter rarely right."""
     import json
     from collections import Counter

@@ -81,3 +81,9 @@ def _is_alias_reference(ident, exp) -> bool:
     if isinstance(parent, exp.Column):
         return parent.args.get("table") is ident or not parent.args.get("table")
     return False
+
+
+def dedup_key(sql: str, mode: str) -> str:
+    """What two rejects must share to be duplicates under a --dedup-rejects mode (exact: the
+    text; sql: the text normalized)."""
+    return normalize_sql(sql) if mode == "sql" else sql
