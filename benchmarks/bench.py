@@ -343,7 +343,8 @@ def verify_variants(work: Path) -> dict:
         "de": (SAMPLE.parent.parent / "spider_de" / "spider_de_alpaca.json", SAMPLE.parent.parent / "spider_de" / "db"),
     }
     table: Counter = Counter()
-    seconds, kept, dropped, pairs, golds = 0.0, Counter(), Counter(), 0, set()
+    scores: Counter = Counter()  # (kind, evaluator) -> variants it scores right
+    seconds, kept, dropped, pairs, golds, suspects = 0.0, Counter(), Counter(), 0, set(), 0
     for name, (data, root) in sets.items():
         lines = []
         checker = Checker(CheckPolicy(str(root)))
@@ -351,7 +352,9 @@ def verify_variants(work: Path) -> dict:
             golds.add(record["output"])
             for kind, sql in gold_variants(record["output"]).items():
                 lines.append({**record, "chosen": record["output"], "rejected": sql})
-                table[(kind, judge_pair(checker, record["db_id"], record["output"], sql).verdict)] += 1
+                verdict = judge_pair(checker, record["db_id"], record["output"], sql)
+                table[(kind, verdict.verdict)] += 1
+                scores.update({(kind, "spider"): verdict.spider is True, (kind, "bird"): verdict.bird is True})
         checker.close()
         source = write_jsonl(work / f"variants_{name}.jsonl", lines)
         started = time.perf_counter()
@@ -359,12 +362,15 @@ def verify_variants(work: Path) -> dict:
         seconds += time.perf_counter() - started
         kept.update(summary.kept)
         dropped.update(summary.dropped)
+        suspects += len(summary.suspects)
         pairs += len(lines)
     click.echo(f"\nprefgen verify: {pairs} variants of {len(golds)} real gold queries (Spider en, de): {seconds:.2f} s")
     click.echo(f"  kept {dict(sorted(kept.items()))}; dropped {dict(sorted(dropped.items()))}")
+    click.echo(f"  suspect golds: {suspects} samples")
     for kind in VARIANT_KINDS:
         row_ = {verdict: n for (k, verdict), n in sorted(table.items()) if k == kind}
-        click.echo(f"  {kind:<18} {sum(row_.values()):>4}: {row_}")
+        right = f"spider right {scores[(kind, 'spider')]}, bird right {scores[(kind, 'bird')]}"
+        click.echo(f"  {kind:<18} {sum(row_.values()):>4}: {row_}; {right}")
     return {
         "pairs": pairs,
         "golds": len(golds),
@@ -372,6 +378,8 @@ def verify_variants(work: Path) -> dict:
         "kept": dict(kept),
         "dropped": dict(dropped),
         "by_kind": {f"{k}: {v}": n for (k, v), n in sorted(table.items())},
+        "right_by_kind": {f"{k}: {e}": n for (k, e), n in sorted(scores.items())},
+        "suspect_golds": suspects,
     }
 
 
