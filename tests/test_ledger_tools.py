@@ -164,6 +164,7 @@ def test_ledger_schema(partial_run):
         "result_digest": str,
         "source": str,
         "variant": int,
+        "truncated": int,
     }
     assert db["units"].pks == ["sample_index", "reject_index"]
     assert db["samples"].columns_dict == {"sample_index": int, "db": str, "instruction": str, "input": str, "gold": str}
@@ -189,6 +190,7 @@ def test_ledger_schema(partial_run):
         "m008_rewards",
         "m009_variants",
         "m010_answer_source",
+        "m012_truncated",
     ]
 
 
