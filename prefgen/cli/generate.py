@@ -213,8 +213,9 @@ def generate(no_progress, **options):
 
         with exclusive(summary.output):  # as a run holds it: no other run appends meanwhile
             write_json_output(summary.output, target)
-    if cfg.reuse_answers:
-        click.echo(reused_summary(summary.ledger))
+    reused = reused_summary(summary.ledger)  # --reuse-answers, or a raised --max-new-tokens
+    if reused:
+        click.echo(reused)
     click.echo(f"Output: {where(target, summary.output, summary.finished)}\nLedger: {summary.ledger}")
     if not summary.finished:
         click.echo("Some units could not be generated (oom/error): run the same command again to retry them.", err=True)
@@ -222,15 +223,17 @@ def generate(no_progress, **options):
 
 
 def reused_summary(ledger_path: Path) -> str:
-    """--reuse-answers: answers reused and generated, and the generation time that saved."""
+    """Answers reused, regenerated at a larger cap and generated, and the generation time that
+    saved; "" when none was reused or regenerated."""
     from prefgen.ledger.store import Ledger
     from prefgen.reuse import answer_sources, reuse_line
 
     ledger = Ledger(ledger_path, readonly=True)
     try:
-        return reuse_line(answer_sources(ledger.db))
+        answers = answer_sources(ledger.db)
     finally:
         ledger.close()
+    return reuse_line(answers) if answers["reused"] or answers["regenerated"] else ""
 
 
 def where(target: Path, journal: Path, finished: bool) -> str:

@@ -1,0 +1,86 @@
+"""A larger --max-new-tokens on an existing run: only the answers cut at the old cap are generated
+again, and the output is a fresh run's at the larger cap (issue 17); a smaller one is refused."""
+
+import orjson
+import pytest
+from conftest import (
+    DB_ROOT,
+    assert_ledger_agrees_with_file,
+    generate_args,
+    query,
+    read_jsonl,
+    run,
+    run_cli,
+)
+
+
+def sources(out) -> dict:
+    rows = query(str(out) + ".ledger.sqlite", "select source, count(*) as n from units group by source")
+    return {row["source"]: row["n"] for row in rows}
+
+
+def cut_units(out, cap: int) -> int:
+    sql = f"select count(*) as n from units where truncated = 1 and new_tokens >= {cap}"
+    return query(str(out) + ".ledger.sqlite", sql)[0]["n"]
+
+
+def test_raising_the_cap_in_place_gives_a_fresh_runs_bytes(workdir, tiny_model, sample_data):
+    out, fresh = workdir / "pairs.jsonl", workdir / "fresh.jsonl"
+    flags = dict(max_samples=12, batch_size=8)
+    run_cli(generate_args(tiny_model, sample_data, out, max_new_tokens=12, **flags))
+    before, cut = out.read_bytes(), cut_units(out, 12)
+    run_cli(generate_args(tiny_model, sample_data, fresh, max_new_tokens=24, **flags))
+    result = run_cli(generate_args(tiny_model, sample_data, out, max_new_tokens=24, **flags))
+    assert out.read_bytes() == fresh.read_bytes() != before
+    assert_ledger_agrees_with_file(out)
+    assert sources(out) == {"reused": 24 - cut, "regenerated": cut} and 0 < cut < 24
+    assert "the run so far is now" in result.output and "pairs.cap12.jsonl" in result.output
+    assert (workdir / "pairs.cap12.jsonl").read_bytes() == before  # kept whole, with its ledger
+    moved = str(workdir / "pairs.cap12.jsonl.ledger.sqlite")
+    assert query(moved, "select value from meta where key = 'output_path'")[0]["value"] == str(
+        workdir / "pairs.cap12.jsonl"
+    )
+    assert not (workdir / "pairs.jsonl.raising.json").exists()
+    status = orjson.loads(run_cli(["ledger", "status", str(out), "--json"]).output)
+    assert (status["answers"]["reused"], status["answers"]["regenerated"]) == (24 - cut, cut)
+    again = run_cli(generate_args(tiny_model, sample_data, out, max_new_tokens=24, **flags))
+    assert "Nothing to do" in again.output and out.read_bytes() == fresh.read_bytes()
+    lower = run_cli(generate_args(tiny_model, sample_data, out, max_new_tokens=12, **flags), expect=1)
+    assert "made at --max-new-tokens 24: lowering it to 12 is refused" in lower.output
+    assert "Hint: run with --max-new-tokens 24" in lower.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "fault",
+    ["after_raise_marker", "mid_raise_move", "after_raise_move", "after_ledger_open", "after_commit:kill@2"],
+)
+def test_a_raise_killed_anywhere_resumes_to_a_fresh_runs_bytes(workdir, tiny_model, sample_data, fault):
+    out, fresh = workdir / "pairs.jsonl", workdir / "fresh.jsonl"
+    flags = dict(max_samples=12, batch_size=4, lookahead=1)
+    assert run(generate_args(tiny_model, sample_data, out, max_new_tokens=12, **flags))[0] == 0
+    cut = cut_units(out, 12)
+    assert run(generate_args(tiny_model, sample_data, fresh, max_new_tokens=24, **flags))[0] == 0
+    args = generate_args(tiny_model, sample_data, out, max_new_tokens=24, **flags)
+    code, output = run(args, fault=fault)
+    assert code == -9, output
+    code, output = run(args)
+    assert code == 0, output
+    assert out.read_bytes() == fresh.read_bytes()
+    assert_ledger_agrees_with_file(out)
+    assert sources(out) == {"reused": 24 - cut, "regenerated": cut}
+    assert not (workdir / "pairs.jsonl.raising.json").exists()
+    assert len(read_jsonl(workdir / "pairs.cap12.jsonl")) == 24
+
+
+@pytest.mark.slow
+def test_raising_the_cap_of_an_onpolicy_run_reforms_its_pairs(workdir, tiny_model, sample_data):
+    out, fresh = workdir / "pairs.jsonl", workdir / "fresh.jsonl"
+    flags = dict(max_samples=8, batch_size=8, db_root=DB_ROOT, pairs="onpolicy", fallback="gold")
+    run_cli(generate_args(tiny_model, sample_data, out, max_new_tokens=12, **flags))
+    run_cli(generate_args(tiny_model, sample_data, fresh, max_new_tokens=24, **flags))
+    run_cli(generate_args(tiny_model, sample_data, out, max_new_tokens=24, **flags))
+    assert out.read_bytes() == fresh.read_bytes() and len(read_jsonl(out)) > 0
+    assert (workdir / "pairs.cap12.jsonl").read_bytes() != out.read_bytes()  # pairs re-formed
+    assert_ledger_agrees_with_file(out)
+    assert set(sources(out)) == {"reused", "regenerated"}
