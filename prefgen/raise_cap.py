@@ -10,9 +10,10 @@ A smaller cap is refused, naming both.
 Crash-safe by a marker, OUT.raising.json, written (and fsynced) before anything moves and removed
 once the new ledger records where its answers come from (meta `raised_from`):
 1. the marker;  2. the old ledger's `output_path` set to the aside output, its journal mode DELETE
-(its -wal checkpointed and removed: nothing left behind under the old name);  3. OUT renamed aside;  4. the ledger renamed aside;  5. the new
-ledger made, `raised_from` recorded;  6. the marker removed. A start that finds the marker redoes
-2-6, each step skipped where it was done; a start that finds `raised_from` keeps reusing from there.
+(its -wal checkpointed and removed: nothing is left under the old name);  3. OUT renamed aside;
+4. the ledger renamed aside;  5. the new ledger made, `raised_from` recorded;  6. the marker
+removed. A start that finds the marker redoes 2-6, each step skipped where it was done; a start
+that finds `raised_from` keeps reusing from there.
 """
 
 from __future__ import annotations

@@ -132,8 +132,10 @@ def test_a_larger_cap_regenerates_only_the_units_cut_at_the_smaller_one(workdir,
     }
     assert {key: row["truncated"] for key, row in after.items()} == {key: row["truncated"] for key, row in long.items()}
     reused = len(short) - cut
-    assert f"Answers  {reused} reused from an earlier run, {cut} regenerated at a larger cap, 0 generated;" in result.output
-    status = orjson.loads(run_cli(["ledger", "status", str(new) + ".ledger.sqlite", "--json"]).output)
-    assert (status["answers"]["reused"], status["answers"]["regenerated"], status["answers"]["generated"]) == (reused, cut, 0)
-    lower = run_cli(generate_args(tiny_model, sample_data, workdir / "low.jsonl", reuse_answers=fresh, **flags), expect=1)
+    line = f"Answers  {reused} reused from an earlier run, {cut} regenerated at a larger cap, 0 generated;"
+    assert line in result.output
+    answers = orjson.loads(run_cli(["ledger", "status", str(new) + ".ledger.sqlite", "--json"]).output)["answers"]
+    assert (answers["reused"], answers["regenerated"], answers["generated"]) == (reused, cut, 0)
+    low = workdir / "low.jsonl"
+    lower = run_cli(generate_args(tiny_model, sample_data, low, reuse_answers=fresh, **flags), expect=1)
     assert "--max-new-tokens 24" in lower.output and "this run's 8" in lower.output and "lowering" in lower.output
