@@ -48,6 +48,9 @@ def test_raising_the_cap_in_place_gives_a_fresh_runs_bytes(workdir, tiny_model, 
     lower = run_cli(generate_args(tiny_model, sample_data, out, max_new_tokens=12, **flags), expect=1)
     assert "made at --max-new-tokens 24: lowering it to 12 is refused" in lower.output
     assert "Hint: run with --max-new-tokens 24" in lower.output
+    (workdir / "pairs.cap24.jsonl").write_text("")  # the name a raise to 48 would move the run to
+    taken = run_cli(generate_args(tiny_model, sample_data, out, max_new_tokens=48, **flags), expect=1)
+    assert "pairs.cap24.jsonl already exists" in taken.output and out.read_bytes() == fresh.read_bytes()
 
 
 @pytest.mark.slow

@@ -91,7 +91,14 @@ from prefgen.runtime.lock import exclusive
 @click.option(
     "--seed", type=int, default=default("seed"), show_default=True, help="Unit seed = seed + sample*1000 + reject."
 )
-@click.option("--max-new-tokens", type=int, default=default("max_new_tokens"), show_default=True)
+@click.option(
+    "--max-new-tokens",
+    type=int,
+    default=default("max_new_tokens"),
+    show_default=True,
+    help="New tokens per answer at most. Raised on an existing run, only the answers cut at the old cap are"
+    " generated again (the run so far is moved to OUTPUT.capN); lowered, refused.",
+)
 @click.option(
     "--temperature", type=float, default=default("temperature"), show_default=True, help="0 means greedy decoding."
 )
