@@ -66,13 +66,8 @@ def prepare(cfg: GenerateConfig) -> tuple[GenerateConfig, Path | None]:
     old_cap = smaller_cap(cfg, ledger_path)
     if old_cap is None:
         return cfg, None
-    plan = {
-        "output": str(aside(output, old_cap)),
-        "ledger": str(aside(ledger_path, old_cap)),
-        "old_cap": old_cap,
-        "new_cap": cfg.max_new_tokens,
-    }
-    taken = [path for path in (plan["output"], plan["ledger"]) if Path(path).exists()]
+    plan = moved_names(cfg, old_cap)
+    taken = [path for path in (plan["output"], plan["ledger"], plan.get("array")) if path and Path(path).exists()]
     if taken:
         raise OutputError(
             f"raising --max-new-tokens {old_cap} -> {cfg.max_new_tokens} moves the run so far to"
@@ -84,6 +79,19 @@ def prepare(cfg: GenerateConfig) -> tuple[GenerateConfig, Path | None]:
     fault_point("after_raise_marker")
     finish_move(plan, output, ledger_path)
     return dataclasses.replace(cfg, reuse_answers=plan["ledger"]), marker
+
+
+def moved_names(cfg: GenerateConfig, old_cap: int) -> dict:
+    """Where the run so far goes: the names its own command would have had with --output
+    `aside(OUTPUT)` (and `aside(LEDGER)` for a --ledger given), so that it stays a run of its own
+    (`pairs.json` -> `pairs.cap12.json`, its journal `pairs.cap12.journal.jsonl`, its ledger
+    `pairs.cap12.json.ledger.sqlite`); a finished .json run's array goes too."""
+    output = str(aside(Path(cfg.output), old_cap))
+    moved = dataclasses.replace(cfg, output=output, ledger=cfg.ledger and str(aside(Path(cfg.ledger), old_cap)))
+    plan = {"output": str(moved.output_path), "ledger": str(moved.ledger_path)}
+    if cfg.output_path != Path(cfg.output) and cfg.world_size == 1:  # a .json output: the array too
+        plan.update(array=output, array_from=cfg.output)
+    return {**plan, "old_cap": old_cap, "new_cap": cfg.max_new_tokens}
 
 
 def smaller_cap(cfg: GenerateConfig, ledger_path: Path) -> int | None:
@@ -117,6 +125,8 @@ def smaller_cap(cfg: GenerateConfig, ledger_path: Path) -> int | None:
 def finish_move(plan: dict, output: Path, ledger_path: Path) -> None:
     """Move the output, then the ledger, aside, each unless done already (a crash between them)."""
     moves = [(output, Path(plan["output"])), (ledger_path, Path(plan["ledger"]))]
+    if plan.get("array"):  # a .json output's array, if the run so far finished and wrote it
+        moves.insert(1, (Path(plan["array_from"]), Path(plan["array"])))
     if ledger_path.exists() and not Path(plan["ledger"]).exists():
         ledger = Ledger(ledger_path)  # replays a -wal a killed run left
         try:
@@ -131,7 +141,7 @@ def finish_move(plan: dict, output: Path, ledger_path: Path) -> None:
         if source.exists() and not target.exists():
             os.replace(source, target)
             fsync_directory(target.parent)
-        if number == 0:
+        if number == len(moves) - 2:
             fault_point("mid_raise_move")
     Path(f"{ledger_path}-shm").unlink(missing_ok=True)  # a reader's, of the moved ledger: no -wal is left
     fault_point("after_raise_move")
@@ -140,7 +150,7 @@ def finish_move(plan: dict, output: Path, ledger_path: Path) -> None:
         " %d tokens are reused, those cut at the cap are generated again",
         plan["old_cap"],
         plan["new_cap"],
-        plan["output"],
+        plan.get("array") or plan["output"],
         plan["ledger"],
         plan["old_cap"],
     )
