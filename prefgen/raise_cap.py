@@ -59,6 +59,8 @@ def prepare(cfg: GenerateConfig) -> tuple[GenerateConfig, Path | None]:
     marker = marker_path(output)
     if marker.exists():
         plan = orjson.loads(marker.read_bytes())
+        if cfg.max_new_tokens < plan["old_cap"]:
+            raise lowering(Path(plan["ledger"]), plan["old_cap"], cfg.max_new_tokens)
         finish_move(plan, output, ledger_path)
         return dataclasses.replace(cfg, reuse_answers=plan["ledger"]), marker
     if cfg.reuse_answers or not ledger_path.is_file():
@@ -111,15 +113,19 @@ def smaller_cap(cfg: GenerateConfig, ledger_path: Path) -> int | None:
         return None
     old_cap = stored["max_new_tokens"]
     if old_cap > cfg.max_new_tokens:
-        raise SettingsMismatch(
-            f"{ledger_path} was made at --max-new-tokens {old_cap}: lowering it to {cfg.max_new_tokens} is refused"
-            " (its answers may run past the smaller cap)",
-            hint=f"run with --max-new-tokens {old_cap}, or a larger cap (only the answers cut at {old_cap} are"
-            " generated again), or pass a new --output to start a separate run",
-        )
+        raise lowering(ledger_path, old_cap, cfg.max_new_tokens)
     if identity is None or orjson.loads(identity) != generation_identity(cfg):
         return None  # another model or engine library: refused as usual
     return old_cap
+
+
+def lowering(ledger_path: Path, old_cap: int, new_cap: int) -> SettingsMismatch:
+    return SettingsMismatch(
+        f"{ledger_path} was made at --max-new-tokens {old_cap}: lowering it to {new_cap} is refused"
+        " (its answers may run past the smaller cap)",
+        hint=f"run with --max-new-tokens {old_cap}, or a larger cap (only the answers cut at {old_cap} are"
+        " generated again), or pass a new --output to start a separate run",
+    )
 
 
 def finish_move(plan: dict, output: Path, ledger_path: Path) -> None:
@@ -143,7 +149,8 @@ def finish_move(plan: dict, output: Path, ledger_path: Path) -> None:
             fsync_directory(target.parent)
         if number == len(moves) - 2:
             fault_point("mid_raise_move")
-    Path(f"{ledger_path}-shm").unlink(missing_ok=True)  # a reader's, of the moved ledger: no -wal is left
+    if not ledger_path.exists():  # a reader's -shm of the moved ledger (its -wal is gone)
+        Path(f"{ledger_path}-shm").unlink(missing_ok=True)
     fault_point("after_raise_move")
     log.info(
         "--max-new-tokens %d -> %d: the run so far is now %s (ledger %s); its answers that ended before"
