@@ -90,6 +90,7 @@ def unit_row(item: Judged) -> dict:
         "new_tokens": answer.new_tokens,
         "gen_seconds": answer.seconds,
         "source": answer.source,
+        "truncated": None if answer.oom else int(answer.truncated),
         "role": item.role,
         "verdict": verdict and verdict.verdict,
         "verdict_detail": verdict and verdict.detail,

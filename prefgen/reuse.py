@@ -7,10 +7,18 @@ GENERATION_FIELDS and identity.py's generation_identity) is the new run's and th
 hash and seed match. `ReuseEngine` is an Engine: the run loop drives it as any other, and it hands
 what OLD lacks to the real engine, loaded only then: when OLD has every answer, no model is loaded.
 A unit OLD ran out of memory on (no answer stored) is generated again.
+
+A larger --max-new-tokens than OLD's is accepted (a smaller one is refused): each unit is sampled
+with its own seed, token after token, so its first N tokens are the same at any cap (the prefix
+property, tested per engine). A unit of OLD that ended (an end-of-sequence token, or the context's
+room) before OLD's cap is thus what the larger cap gives too, and is reused; one cut at OLD's cap
+is generated again (source `regenerated`). For OLD's rows made before units.truncated, a unit is
+taken as cut when its new tokens reach OLD's cap.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from concurrent.futures import Future
 from pathlib import Path
@@ -23,7 +31,7 @@ from prefgen.engines.base import Backoff, Engine
 from prefgen.errors import ConfigError, SettingsMismatch
 from prefgen.identity import META_KEY, generation_identity
 from prefgen.paths import LEDGER_SUFFIX, ledger_beside
-from prefgen.units import TOO_LONG, Answer, WorkUnit
+from prefgen.units import GENERATED, REGENERATED, REUSED, TOO_LONG, Answer, WorkUnit
 
 
 def old_ledger_path(old: str) -> Path:
@@ -38,30 +46,58 @@ def old_ledger_path(old: str) -> Path:
     return ledger
 
 
-def read_answers(cfg: GenerateConfig, old: str) -> dict[tuple[int, int], dict]:
-    """OLD's stored answers by (sample, reject), after refusing an OLD whose generation differs."""
+@dataclasses.dataclass
+class OldAnswers:
+    """OLD's stored answers by (sample, reject), and the --max-new-tokens they were generated at."""
+
+    rows: dict[tuple[int, int], dict]
+    cap: int  # OLD's --max-new-tokens
+    new_cap: int  # this run's: larger or equal
+
+    def cut(self, row: dict) -> bool:
+        """Whether the larger cap would give this unit more tokens: it stopped at OLD's cap (for a
+        row made before units.truncated: its new tokens reach the cap)."""
+        return self.new_cap > self.cap and row["truncated"] != 0 and (row["new_tokens"] or 0) >= self.cap
+
+
+def read_answers(cfg: GenerateConfig, old: str) -> OldAnswers:
+    """OLD's stored answers, after refusing an OLD whose generation differs (but for a smaller cap)."""
     conn = sqlite3.connect(f"file:{old_ledger_path(old)}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     try:
         meta = {row["key"]: row["value"] for row in conn.execute("select key, value from meta")}
-        check_generation(cfg, old, orjson.loads(meta.get("fingerprint") or "{}"), meta.get(META_KEY))
+        fingerprint = orjson.loads(meta.get("fingerprint") or "{}")
+        check_generation(cfg, old, fingerprint, meta.get(META_KEY))
+        columns = {row["name"] for row in conn.execute("pragma table_info(units)")}
+        truncated = "truncated" if "truncated" in columns else "null as truncated"
         rows = conn.execute(
             "select sample_index, reject_index, seed, status, record_hash, raw_answer, prompt_tokens,"
-            " new_tokens, gen_seconds from units where raw_answer is not null"
+            f" new_tokens, gen_seconds, {truncated} from units where raw_answer is not null"
         )
-        return {(row["sample_index"], row["reject_index"]): dict(row) for row in rows}
+        answers = {(row["sample_index"], row["reject_index"]): dict(row) for row in rows}
+        return OldAnswers(answers, fingerprint.get("max_new_tokens") or cfg.max_new_tokens, cfg.max_new_tokens)
     finally:
         conn.close()
 
 
 def check_generation(cfg: GenerateConfig, old: str, fingerprint: dict, identity: str | None) -> None:
-    """Refuse an OLD whose answers another model, sampling or prompt would have given."""
+    """Refuse an OLD whose answers another model, sampling or prompt would have given, or a
+    larger cap than this run's (its answers may run past this run's cap)."""
     now = cfg.fingerprint()
+    old_cap, new_cap = fingerprint.get("max_new_tokens"), now["max_new_tokens"]
+    if isinstance(old_cap, int) and old_cap > new_cap:
+        raise SettingsMismatch(
+            f"--reuse-answers {old}: its answers were generated at --max-new-tokens {old_cap},"
+            f" more than this run's {new_cap}: lowering the cap is refused",
+            hint=f"run with --max-new-tokens {old_cap} or more, or without --reuse-answers",
+        )
     differing = [
         f"{key} (old: {fingerprint.get(key)!r}, now: {now.get(key)!r})"
-        for key in sorted(GENERATION_FIELDS)
+        for key in sorted(GENERATION_FIELDS - {"max_new_tokens"})
         if fingerprint.get(key) != now.get(key)
     ]
+    if not isinstance(old_cap, int):
+        differing.append(f"max_new_tokens (old: {old_cap!r}, now: {new_cap!r})")
     if identity is None:
         differing.append("its model identities were never recorded (made by an older prefgen)")
     else:
@@ -81,10 +117,10 @@ def check_generation(cfg: GenerateConfig, old: str, fingerprint: dict, identity:
 class ReuseEngine:
     """An Engine answering from an earlier run's answers, and from the real engine for the rest."""
 
-    def __init__(self, answers: dict[tuple[int, int], dict], load: Callable[[], Engine], device: str):
-        self.stored, self._load, self._real = answers, load, None
+    def __init__(self, answers: OldAnswers, load: Callable[[], Engine], device: str):
+        self.old, self._load, self._real = answers, load, None
         self.device, self.adapter_merged = device, False
-        self.reused, self.saved_seconds = 0, 0.0
+        self.reused, self.regenerated, self.saved_seconds = 0, 0, 0.0
 
     @property
     def real(self) -> Engine:
@@ -98,14 +134,20 @@ class ReuseEngine:
     def overlap_default(self) -> bool:
         return self._real is not None and self._real.overlap_default
 
-    def lookup(self, unit: WorkUnit) -> dict | None:
-        row = self.stored.get(unit.key)
+    def stored(self, unit: WorkUnit) -> dict | None:
+        """OLD's row of this unit, if it answered this very unit (same record and seed)."""
+        row = self.old.rows.get(unit.key)
         if row is None or row["seed"] != unit.seed or row["record_hash"] != unit.record.hash:
             return None
         return row
 
+    def lookup(self, unit: WorkUnit) -> dict | None:
+        """OLD's row of this unit when its answer is this run's too (not cut at a smaller cap)."""
+        row = self.stored(unit)
+        return None if row is None or self.old.cut(row) else row
+
     def prompt_length(self, unit: WorkUnit) -> int:
-        row = self.lookup(unit)
+        row = self.stored(unit)
         return row["prompt_tokens"] if row else self.real.prompt_length(unit)
 
     def find_batch_size(self, prompt_length: int) -> int:
@@ -126,13 +168,19 @@ class ReuseEngine:
         for unit in units:
             row = self.lookup(unit)
             if row is None:
-                result.append(fresh[unit.key])
+                answer = fresh[unit.key]
+                if self.stored(unit) is not None:  # cut at OLD's smaller cap: generated again
+                    self.regenerated += 1
+                    answer = dataclasses.replace(answer, source=REGENERATED)
+                result.append(answer)
                 continue
             self.reused += 1
             self.saved_seconds += row["gen_seconds"] or 0.0
             text, tokens = row["raw_answer"], row["new_tokens"] or 0
             seconds, too_long = row["gen_seconds"] or 0.0, row["status"] == TOO_LONG
-            result.append(Answer(text, row["prompt_tokens"], tokens, seconds, too_long=too_long, source="reused"))
+            truncated = bool(row["truncated"]) if row["truncated"] is not None else tokens >= self.old.cap
+            answer = Answer(text, row["prompt_tokens"], tokens, seconds, too_long=too_long, source=REUSED)
+            result.append(dataclasses.replace(answer, truncated=truncated and not too_long))
         return result, backoffs
 
     def close(self) -> None:
@@ -145,24 +193,32 @@ def reuse_engine(cfg: GenerateConfig, load: Callable[[], Engine]) -> ReuseEngine
     return ReuseEngine(read_answers(cfg, cfg.reuse_answers), load, "none (answers reused)")
 
 
-
 def answer_sources(db) -> dict:
-    """Answers generated and reused in a ledger, and the generation seconds the reused ones had
-    cost the run that made them (the GPU time reuse saved); a ledger before `source`: all generated."""
+    """Answers generated, reused and regenerated at a larger cap in a ledger, and the generation
+    seconds the reused ones had cost the run that made them (the GPU time reuse saved); a ledger
+    before `source`: all generated."""
     has_source = "source" in db["units"].columns_dict
-    reused = "source = 'reused'" if has_source else "0"
+    source = "coalesce(source, 'generated')" if has_source else "'generated'"
     sql = (
-        f"select count(*) - coalesce(sum({reused}), 0) as generated, coalesce(sum({reused}), 0) as reused,"
-        f" coalesce(sum(case when {reused} then gen_seconds end), 0.0) as saved_s"
+        f"select count(*) - coalesce(sum({source} in ('{REUSED}', '{REGENERATED}')), 0) as generated,"
+        f" coalesce(sum({source} = '{REUSED}'), 0) as reused,"
+        f" coalesce(sum({source} = '{REGENERATED}'), 0) as regenerated,"
+        f" coalesce(sum(case when {source} = '{REUSED}' then gen_seconds end), 0.0) as saved_s"
         " from units where raw_answer is not null"
     )
     row = next(db.query(sql))
-    return {"generated": row["generated"], "reused": row["reused"], "saved_gpu_s": round(row["saved_s"], 3)}
+    return {
+        GENERATED: row["generated"],
+        REUSED: row["reused"],
+        REGENERATED: row["regenerated"],
+        "saved_gpu_s": round(row["saved_s"], 3),
+    }
 
 
 def reuse_line(answers: dict) -> str:
     """The line of `ledger status` and of generate's summary saying what --reuse-answers saved."""
+    regenerated = f", {answers[REGENERATED]} regenerated at a larger cap" if answers[REGENERATED] else ""
     return (
-        f"Answers  {answers['reused']} reused from an earlier run, {answers['generated']} generated;"
+        f"Answers  {answers[REUSED]} reused from an earlier run{regenerated}, {answers[GENERATED]} generated;"
         f" {answers['saved_gpu_s']:.1f}s of generation saved"
     )

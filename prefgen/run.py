@@ -24,6 +24,7 @@ from typing import Iterator
 
 import orjson
 
+from prefgen import raise_cap
 from prefgen.batching import batches
 from prefgen.commit import OutputJournal
 from prefgen.config import GenerateConfig
@@ -159,8 +160,10 @@ def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True, e
     check_writable(output, "--output")
     check_writable(ledger_path, "--ledger")
     with exclusive(output), exclusive(ledger_path), StopSignals() as stop:
+        cfg, marker = raise_cap.prepare(cfg)  # a larger --max-new-tokens: the run so far moved aside
         ledger = Ledger(ledger_path)
         try:
+            cfg = raise_cap.adopt(cfg, ledger, marker)
             fault_point("after_ledger_open")
             return GenerateRun(cfg, ledger, stop, show_progress).execute(argv, engine)
         finally:

@@ -166,6 +166,7 @@ def test_ledger_schema(partial_run):
         "result_digest": str,
         "source": str,
         "variant": int,
+        "truncated": int,
     }
     assert db["units"].pks == ["sample_index", "reject_index"]
     assert db["samples"].columns_dict == {
@@ -200,6 +201,7 @@ def test_ledger_schema(partial_run):
         "m009_variants",
         "m010_answer_source",
         "m011_gold_suspect",
+        "m012_truncated",
     ]
 
 

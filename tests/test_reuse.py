@@ -45,7 +45,8 @@ def test_a_rejudged_run_is_byte_identical_to_a_fresh_one(workdir, tiny_model, sa
     assert f"Answers  {reused} reused from an earlier run, {generated} generated;" in result.output
     status = orjson.loads(run_cli(["ledger", "status", str(new) + ".ledger.sqlite", "--json"]).output)
     saved = query(str(old) + ".ledger.sqlite", "select sum(gen_seconds) as s from units")[0]["s"]
-    assert status["answers"] == {"generated": generated, "reused": reused, "saved_gpu_s": round(saved, 3)}
+    expected = {"generated": generated, "reused": reused, "regenerated": 0, "saved_gpu_s": round(saved, 3)}
+    assert status["answers"] == expected
     assert "Answers  " in run_cli(["ledger", "status", str(new) + ".ledger.sqlite"]).output
 
 
@@ -101,3 +102,40 @@ def test_a_reusing_run_killed_midway_resumes_to_a_fresh_runs_bytes(workdir, tiny
     assert new.read_bytes() == fresh.read_bytes()
     assert_ledger_agrees_with_file(new)
     assert {row["source"] for row in query(str(new) + ".ledger.sqlite", "select source from units")} == {"reused"}
+
+
+def answers_by_unit(out) -> dict:
+    sql = "select sample_index, reject_index, raw_answer, new_tokens, truncated, source from units"
+    return {(row["sample_index"], row["reject_index"]): row for row in query(str(out) + ".ledger.sqlite", sql)}
+
+
+def test_a_larger_cap_regenerates_only_the_units_cut_at_the_smaller_one(workdir, tiny_model, sample_data):
+    """The transformers engine's prefix property, units.truncated, and --reuse-answers across a
+    raised --max-new-tokens giving a fresh run's bytes; a lowered one is refused."""
+    old, fresh, new = workdir / "old.jsonl", workdir / "fresh.jsonl", workdir / "new.jsonl"
+    flags = dict(max_samples=12, batch_size=8)
+    run_cli(generate_args(tiny_model, sample_data, old, max_new_tokens=12, **flags))
+    run_cli(generate_args(tiny_model, sample_data, fresh, max_new_tokens=24, **flags))
+    short, long = answers_by_unit(old), answers_by_unit(fresh)
+    for key, unit in short.items():  # the first 12 tokens are the same at any cap
+        assert long[key]["raw_answer"].startswith(unit["raw_answer"])
+        assert unit["truncated"] == (unit["new_tokens"] == 12), unit  # cut at the cap, or ended with EOS
+        if not unit["truncated"]:
+            assert long[key] == unit
+    cut = sum(unit["truncated"] for unit in short.values())
+    assert 0 < cut < len(short)
+    result = run_cli(generate_args(tiny_model, sample_data, new, max_new_tokens=24, reuse_answers=old, **flags))
+    assert new.read_bytes() == fresh.read_bytes()
+    after = answers_by_unit(new)
+    assert {key: row["source"] for key, row in after.items()} == {
+        key: "regenerated" if unit["truncated"] else "reused" for key, unit in short.items()
+    }
+    assert {key: row["truncated"] for key, row in after.items()} == {key: row["truncated"] for key, row in long.items()}
+    reused = len(short) - cut
+    line = f"Answers  {reused} reused from an earlier run, {cut} regenerated at a larger cap, 0 generated;"
+    assert line in result.output
+    answers = orjson.loads(run_cli(["ledger", "status", str(new) + ".ledger.sqlite", "--json"]).output)["answers"]
+    assert (answers["reused"], answers["regenerated"], answers["generated"]) == (reused, cut, 0)
+    low = workdir / "low.jsonl"
+    lower = run_cli(generate_args(tiny_model, sample_data, low, reuse_answers=fresh, **flags), expect=1)
+    assert "--max-new-tokens 24" in lower.output and "this run's 8" in lower.output and "lowering" in lower.output

@@ -298,3 +298,26 @@ def test_check_invariance_runs_both_modes_and_finds_every_text_identical_on_cpu(
     assert "0/0            same           same           same" in output
     assert "invariant on" in output and "DIFFERS" not in output
     assert "All 2 units identical under every condition: here, a resumed run writes the same bytes" in output
+
+
+def test_prefix_property_and_a_cap_raised_in_place(vllm_reference, tiny_model, workdir):
+    """vLLM's per-request seeded sampling: a unit's first 12 tokens are the same at cap 24, so a
+    run at cap 12 raised in place to 24 regenerates only its cut units and ends as the reference."""
+    data, reference = vllm_reference
+    out = workdir / "raised.jsonl"
+    code, output = run(vllm_args(tiny_model, data, out, max_new_tokens=12))
+    assert code == 0, output
+    columns = "sample_index, reject_index, raw_answer, new_tokens, truncated"
+    sql = f"select {columns} from units order by sample_index, reject_index"
+    short, full = query(str(out) + ".ledger.sqlite", sql), query(str(reference) + ".ledger.sqlite", sql)
+    assert all(row["truncated"] == (row["new_tokens"] == 24) for row in full)
+    for unit, longer in zip(short, full, strict=True):
+        assert unit["truncated"] == (unit["new_tokens"] == 12)
+        assert longer["raw_answer"].startswith(unit["raw_answer"])
+        if not unit["truncated"]:
+            assert longer == unit
+    code, output = run(vllm_args(tiny_model, data, out))
+    assert code == 0, output
+    assert out.read_bytes() == reference.read_bytes()
+    cut = sum(unit["truncated"] for unit in short)
+    assert f"{len(short) - cut} reused from an earlier run, {cut} regenerated at a larger cap" in output

@@ -91,7 +91,14 @@ from prefgen.runtime.lock import exclusive
 @click.option(
     "--seed", type=int, default=default("seed"), show_default=True, help="Unit seed = seed + sample*1000 + reject."
 )
-@click.option("--max-new-tokens", type=int, default=default("max_new_tokens"), show_default=True)
+@click.option(
+    "--max-new-tokens",
+    type=int,
+    default=default("max_new_tokens"),
+    show_default=True,
+    help="New tokens per answer at most. Raised on an existing run, only the answers cut at the old cap are"
+    " generated again (the run so far is moved to OUTPUT.capN); lowered, refused.",
+)
 @click.option(
     "--temperature", type=float, default=default("temperature"), show_default=True, help="0 means greedy decoding."
 )
@@ -213,8 +220,9 @@ def generate(no_progress, **options):
 
         with exclusive(summary.output):  # as a run holds it: no other run appends meanwhile
             write_json_output(summary.output, target)
-    if cfg.reuse_answers:
-        click.echo(reused_summary(summary.ledger))
+    reused = reused_summary(summary.ledger)  # --reuse-answers, or a raised --max-new-tokens
+    if reused:
+        click.echo(reused)
     if cfg.db_root:
         from prefgen.ledger.inspect import golds_summary
 
@@ -226,15 +234,17 @@ def generate(no_progress, **options):
 
 
 def reused_summary(ledger_path: Path) -> str:
-    """--reuse-answers: answers reused and generated, and the generation time that saved."""
+    """Answers reused, regenerated at a larger cap and generated, and the generation time that
+    saved; "" when none was reused or regenerated."""
     from prefgen.ledger.store import Ledger
     from prefgen.reuse import answer_sources, reuse_line
 
     ledger = Ledger(ledger_path, readonly=True)
     try:
-        return reuse_line(answer_sources(ledger.db))
+        answers = answer_sources(ledger.db)
     finally:
         ledger.close()
+    return reuse_line(answers) if answers["reused"] or answers["regenerated"] else ""
 
 
 def where(target: Path, journal: Path, finished: bool) -> str:

@@ -119,7 +119,8 @@ class TokenizerSide:
         cut = next((i for i, t in enumerate(new) if t in self.eos_ids), None)
         kept = new if cut is None else new[:cut]
         text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        return Answer(text, len(prompt), len(kept) + (cut is not None), seconds)
+        # no end-of-sequence token: the cap (or the context's room) cut it
+        return Answer(text, len(prompt), len(kept) + (cut is not None), seconds, truncated=cut is None)
 
 
 def load_model(ref: str, device: str, dtype: str = ""):

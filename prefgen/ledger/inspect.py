@@ -191,7 +191,7 @@ def format_status(data: dict) -> str:
         f"{_speed(speed['recent_units_per_s'], speed['recent_tokens_per_s'])} last {speed['recent_minutes']}m",
         f"ETA      {human_duration(data['eta_s'])}",
     ]
-    if data["answers"]["reused"]:  # --reuse-answers
+    if data["answers"]["reused"] or data["answers"]["regenerated"]:  # --reuse-answers
         lines.insert(5, reuse_line(data["answers"]))
     if data["golds"]:
         lines.insert(4, golds_line(data["golds"]))

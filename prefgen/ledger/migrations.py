@@ -166,11 +166,25 @@ def m011_gold_suspect(db: sqlite_utils.Database) -> None:
     db["samples"].add_column("suspect_detail", str)
 
 
+def m012_truncated(db: sqlite_utils.Database) -> None:
+    """Whether each unit's answer ended without an end-of-sequence token (1: cut by --max-new-tokens
+    or by the context's room; 0: ended; NULL: no answer, or a ledger made before). A later run at
+    a larger cap generates again only the units cut at the cap (reuse.py)."""
+    db["units"].add_column("truncated", int)
+
+
 # Migrations that only add columns no view and no reader of prefgen's reads: a ledger without
 # them is still read (status, browse, export) without being written; its first writing open adds
 # them. Readers of an older prefgen's ledger thus keep working after an upgrade.
 READER_OPTIONAL = frozenset(
-    {"m007_evaluators", "m008_rewards", "m009_variants", "m010_answer_source", "m011_gold_suspect"}
+    {
+        "m007_evaluators",
+        "m008_rewards",
+        "m009_variants",
+        "m010_answer_source",
+        "m011_gold_suspect",
+        "m012_truncated",
+    }
 )
 
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
@@ -185,6 +199,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     m009_variants,
     m010_answer_source,
     m011_gold_suspect,
+    m012_truncated,
 ]
 
 

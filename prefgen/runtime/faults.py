@@ -22,6 +22,9 @@ from typing import Callable
 from prefgen.errors import OutOfMemory
 
 FAULT_POINTS = (
+    "after_raise_marker",  # raise_cap.py: a larger --max-new-tokens moving the run so far aside
+    "mid_raise_move",
+    "after_raise_move",
     "after_ledger_open",
     "mid_model_load",
     "after_model_load",
