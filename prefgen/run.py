@@ -56,6 +56,8 @@ class Summary:
     counts: dict[str, int]
     output: Path
     ledger: Path
+    answers: dict | None = None  # generated, reused, regenerated, saved_gpu_s (reuse.answer_sources)
+    golds: dict | None = None  # the gold checks, with --db-root (ledger.inspect.golds_data)
 
     @property
     def finished(self) -> bool:
@@ -208,7 +210,7 @@ class GenerateRun:
             units = pending_units(self.records(), ledger, self.rule, cfg.seed, self.kept, cfg.dedup_rejects)
             first = next(units, None)  # one pass: its first unit tells whether there is work
             if first is None:
-                return summary
+                return self.report(summary)
             self.run_id = ledger.start_run(cfg.settings(), argv)
             try:
                 summary.done_now = self.run_batches(summary, chain([first], units), engine)
@@ -220,9 +222,19 @@ class GenerateRun:
                 raise
             ledger.end_run(self.run_id, "finished")
             summary.counts = self.counts()
-            return summary
+            return self.report(summary)
         finally:
             self.journal.close()
+
+    def report(self, summary: Summary) -> Summary:
+        """The summary with the answers' sources and the gold checks, read while the run's own
+        connection is open (a read-only one opened after it would leave the WAL files behind)."""
+        from prefgen.ledger.inspect import golds_data
+        from prefgen.reuse import answer_sources
+
+        summary.answers = answer_sources(self.ledger.db)
+        summary.golds = golds_data(self.ledger.db, self.cfg.fingerprint())
+        return summary
 
     def reconcile(self) -> Summary:
         """Check every record against the ledger, record the input's totals, count what is done."""

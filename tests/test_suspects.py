@@ -205,3 +205,13 @@ def test_export_carries_the_flag_and_can_leave_suspect_pairs_out(workdir):
     result = run_cli(["export", str(pairs), "--format", "trl", "--to", str(workdir / "trl"), "--skip-suspect"])
     assert "Skipped 1 rows: gold suspect (--skip-suspect)" in result.output
     assert len(read_jsonl(workdir / "trl" / "pairs.jsonl")) == 1
+
+
+def test_generate_says_how_many_golds_it_checked(workdir, tiny_model, sample_data):
+    from conftest import generate_args
+
+    out = workdir / "pairs.jsonl"
+    result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=2, db_root=DB_ROOT))
+    assert "Golds    2 checked, 0 suspect" in result.output
+    # the summary is read on the run's own connection: no WAL file is left beside the ledger
+    assert not list(workdir.glob("*-wal")) and not list(workdir.glob("*-shm"))

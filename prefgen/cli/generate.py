@@ -220,31 +220,20 @@ def generate(no_progress, **options):
 
         with exclusive(summary.output):  # as a run holds it: no other run appends meanwhile
             write_json_output(summary.output, target)
-    reused = reused_summary(summary.ledger)  # --reuse-answers, or a raised --max-new-tokens
-    if reused:
-        click.echo(reused)
-    if cfg.db_root:
-        from prefgen.ledger.inspect import golds_summary
+    answers = summary.answers
+    if answers and (answers["reused"] or answers["regenerated"]):  # --reuse-answers, or a raised cap
+        from prefgen.reuse import reuse_line
 
-        click.echo(golds_summary(str(summary.ledger)) or "Golds    not checked (a ledger made before gold checks)")
+        click.echo(reuse_line(answers))
+    if cfg.db_root:
+        from prefgen.ledger.inspect import golds_line
+
+        unchecked = "Golds    not checked (a ledger made before gold checks)"
+        click.echo(golds_line(summary.golds) if summary.golds else unchecked)
     click.echo(f"Output: {where(target, summary.output, summary.finished)}\nLedger: {summary.ledger}")
     if not summary.finished:
         click.echo("Some units could not be generated (oom/error): run the same command again to retry them.", err=True)
         sys.exit(EXIT_INCOMPLETE)
-
-
-def reused_summary(ledger_path: Path) -> str:
-    """Answers reused, regenerated at a larger cap and generated, and the generation time that
-    saved; "" when none was reused or regenerated."""
-    from prefgen.ledger.store import Ledger
-    from prefgen.reuse import answer_sources, reuse_line
-
-    ledger = Ledger(ledger_path, readonly=True)
-    try:
-        answers = answer_sources(ledger.db)
-    finally:
-        ledger.close()
-    return reuse_line(answers) if answers["reused"] or answers["regenerated"] else ""
 
 
 def where(target: Path, journal: Path, finished: bool) -> str:

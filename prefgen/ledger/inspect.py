@@ -57,7 +57,7 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         fingerprint = orjson.loads(ledger.meta("fingerprint") or "{}")
         paired = paired_summary(ledger.db) if mode == "onpolicy" else None
         answers = answer_sources(ledger.db)
-        golds = _golds_data(gold_checks(ledger.db), fingerprint.get("gold_suspect"))
+        golds = golds_data(ledger.db, fingerprint)
     finally:
         ledger.close()
     samples_total = progress["samples_total"] or 0
@@ -130,9 +130,10 @@ def suspects(db) -> list[dict]:
     return list(db.query(sql))
 
 
-def _golds_data(checks: dict | None, mode: str | None) -> dict | None:
+def golds_data(db, fingerprint: dict) -> dict | None:
     """The gold checks (suspects.py): samples checked, suspect, and skipped (no pair) under
-    --gold-suspect skip; None when the run did not check golds."""
+    --gold-suspect skip; None when the run (its fingerprint) did not check golds."""
+    checks, mode = gold_checks(db), fingerprint.get("gold_suspect")
     if checks is None or mode is None:
         return None
     skipped = checks["suspect"] if mode == "skip" else 0
@@ -144,17 +145,6 @@ def golds_line(golds: dict) -> str:
     skipped = f", {golds['skipped']} skipped (no pair)" if golds["mode"] == "skip" else ""
     hint = ": `prefgen ledger suspects` lists them" if golds["suspect"] else ""
     return f"Golds    {golds['checked']} checked, {golds['suspect']} suspect{skipped}{hint}"
-
-
-def golds_summary(path: str) -> str:
-    """generate's summary line on the gold checks, or "" when the run did not check golds."""
-    ledger = Ledger(path, readonly=True)
-    try:
-        mode = orjson.loads(ledger.meta("fingerprint") or "{}").get("gold_suspect")
-        golds = _golds_data(gold_checks(ledger.db), mode)
-    finally:
-        ledger.close()
-    return golds_line(golds) if golds else ""
 
 
 def _pairs_data(mode: str, paired: dict | None) -> dict:
