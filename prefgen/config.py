@@ -184,11 +184,6 @@ class CheckPolicy:
         """Whether a reject with this verdict is worth training on, under this policy."""
         return verdict.kept(self.equivalence, not self.drop_timeout, not self.drop_unverifiable)
 
-    @property
-    def checks_gold(self) -> bool:
-        """Whether samples' golds are checked (suspects.py): not for ledgers made before."""
-        return bool(self.gold_suspect)
-
 
 def looks_local(ref: str) -> bool:
     """True when `ref` names a directory rather than a hub id such as `Qwen/Qwen3-8B`."""

@@ -26,7 +26,7 @@ from prefgen.ledger.store import Ledger
 from prefgen.pairing import SamplePairs, candidate_from_row, form_pairs, model_pairs
 from prefgen.plan import attempt_units
 from prefgen.runtime.faults import fault_point
-from prefgen.suspects import suspicion
+from prefgen.suspects import gold_check
 from prefgen.units import CANDIDATE, GOLD_SUSPECT, WRITTEN, Judged, Record, WorkUnit
 
 VERDICT_BACKLOG = 2  # batches judged but waiting for execution verdicts before we wait for them
@@ -112,18 +112,19 @@ class OpenSamples:
                 continue
             self.open.pop(sample, None)  # complete, or with oom / error units the next run retries
             rows = [units[attempt] for attempt in sorted(units)]
-            suspect = suspicion(rows, self.cfg.suspect_share) if self.cfg.checks_gold else None
+            mode = self.cfg.gold_suspect if self.cfg.checks_gold else ""
+            suspect, skip = gold_check(rows, mode, self.cfg.suspect_share)
             if self.cfg.onpolicy:
                 settled.items += items
                 if need.retry:
                     continue  # paired once the next run has its missing answers
-                settled.paired.append(self.pairs_of(record, rows, suspect))
+                settled.paired.append(self.pairs_of(record, rows, suspect, skip))
             else:
-                settled.items += [self.flagged(item, suspect) for item in held + items]
-                if suspect and self.cfg.gold_suspect == "skip":  # settled with no pair (sample_progress reads it)
+                settled.items += [self.flagged(item, suspect, skip) for item in held + items]
+                if skip:  # settled with no pair (sample_progress reads it)
                     settled.paired.append(SamplePairs(record, [], [], suspect=suspect, skipped=True))
             if suspect is not None:
-                settled.checked.append(gold_check(record, suspect))
+                settled.checked.append(gold_check_row(record, suspect))
         return settled
 
     def _wait(self, settled: "Settled", sample: int, items: list[Judged]) -> None:
@@ -133,27 +134,26 @@ class OpenSamples:
         else:
             settled.items += items
 
-    def flagged(self, item: Judged, suspect: str | None) -> Judged:
+    def flagged(self, item: Judged, suspect: str | None, skip: bool) -> Judged:
         """A gold-mode unit with its sample's gold check: under --gold-suspect skip, a reject of a
         suspect gold is not written."""
         if suspect is None:
             return item
-        if suspect and item.status == WRITTEN and self.cfg.gold_suspect == "skip":
+        if skip and item.status == WRITTEN:
             return replace(item, status=GOLD_SUSPECT, detail=suspect, suspect=suspect)
         return replace(item, suspect=suspect)
 
-    def pairs_of(self, record: Record, rows: list[dict], suspect: str | None = None) -> SamplePairs:
+    def pairs_of(self, record: Record, rows: list[dict], suspect: str | None, skip: bool) -> SamplePairs:
         """The pairs of a sample that needs nothing more, from its units' rows (none when its
-        gold is suspect and --gold-suspect is skip)."""
+        gold check says skip)."""
         cfg = self.cfg
         candidates = [candidate_from_row(row) for row in rows if row["status"] == CANDIDATE]
-        skip = bool(suspect) and cfg.gold_suspect == "skip"
         pairs = [] if skip else form_pairs(candidates, cfg.num_rejects, cfg.answer, cfg.fallback, record.output)
         scored = cfg.evaluator != LENIENT
         return SamplePairs(record, pairs, candidates, cfg.answer, scored=scored, suspect=suspect, skipped=skip)
 
 
-def gold_check(record: Record, suspect: str) -> dict:
+def gold_check_row(record: Record, suspect: str) -> dict:
     """The ledger's gold check of a sample (its `samples` row's columns)."""
     return {"sample_index": record.index, "gold_suspect": int(bool(suspect)), "suspect_detail": suspect or None}
 

@@ -52,3 +52,12 @@ def suspicion(answers: Iterable[dict], share: float) -> str:
     if agreeing >= MIN_AGREEING and agreeing > share * executed:
         return f"{agreeing} of {executed} executed answers agree on one result the gold does not give"
     return ""
+
+
+def gold_check(answers: Iterable[dict], mode: str, share: float) -> tuple[str | None, bool]:
+    """A sample's gold check under --gold-suspect `mode` ("": golds not checked): why its gold is
+    suspect ("" when it is not, None when not checked), and whether it therefore gives no pair."""
+    if not mode:
+        return None, False
+    suspect = suspicion(answers, share)
+    return suspect, bool(suspect) and mode == "skip"

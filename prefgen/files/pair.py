@@ -26,7 +26,7 @@ from prefgen.files.export import read_pairs
 from prefgen.judge import candidate_role
 from prefgen.pairing import Candidate, SamplePairs, form_pairs
 from prefgen.sql.workers import Checker
-from prefgen.suspects import suspicion
+from prefgen.suspects import gold_check
 from prefgen.units import CHOSEN, REJECTED, Record
 
 ANSWER_FIELDS = ("answer", "seed")  # a line's own fields; the rest are the record's
@@ -141,8 +141,7 @@ def pair_file(source: str, output: str, policy: CheckPolicy, num_pairs: int, ans
         with atomic_write(Path(output), ".pairing") as handle:
             for group in groups(source, policy.db_field):
                 candidates = judge_group(checker, policy, group)
-                suspect = suspicion([c.row for c in candidates], policy.suspect_share) if policy.checks_gold else None
-                skip = bool(suspect) and policy.gold_suspect == "skip"
+                suspect, skip = gold_check([c.row for c in candidates], policy.gold_suspect, policy.suspect_share)
                 pairs = [] if skip else form_pairs(candidates, num_pairs, answer, fallback, group.record.output)
                 sample = SamplePairs(group.record, pairs, candidates, answer, True, suspect, skip)
                 for pair in pairs:

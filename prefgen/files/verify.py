@@ -27,7 +27,7 @@ from prefgen.files.export import read_pairs
 from prefgen.files.pair import suspect_lines
 from prefgen.sql.normalize import normalize_sql
 from prefgen.sql.workers import Checker
-from prefgen.suspects import suspicion
+from prefgen.suspects import gold_check
 from prefgen.units import GOLD_SUSPECT, SAME_AS_GOLD, Verdict
 
 
@@ -82,8 +82,7 @@ def verify_file(pairs: str, output: str, policy: CheckPolicy) -> VerifySummary:
                     }
                     for v in verdicts
                 ]
-                suspect = suspicion(rows, policy.suspect_share) if policy.checks_gold else None
-                skip = bool(suspect) and policy.gold_suspect == "skip"
+                suspect, skip = gold_check(rows, policy.gold_suspect, policy.suspect_share)
                 if suspect:
                     summary.suspects.append((sample[0][0], sample[0][2][0], suspect))
                     summary.skipped += skip

@@ -53,8 +53,8 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         overall = ledger.totals()
         last_error = ledger.last_error()
         settings = orjson.loads(runs and ledger.runs()[-1]["settings"] or "{}")
-        mode = orjson.loads(ledger.meta("fingerprint") or "{}").get("pairs", "gold")
         fingerprint = orjson.loads(ledger.meta("fingerprint") or "{}")
+        mode = fingerprint.get("pairs", "gold")
         paired = paired_summary(ledger.db) if mode == "onpolicy" else None
         answers = answer_sources(ledger.db)
         golds = golds_data(ledger.db, fingerprint)
