@@ -160,11 +160,11 @@ def main(argv=None) -> None:
         model = build_model(Path(tmp) / "model", widths, args.layers, dtype)
         dense = dense_parameters(model, widths)
         units = spider_units(args.units, args.rejects, 1234)
-        cfg = GenerateConfig(base_model=str(model), sft_data="-", output="-", batch_size=args.batch_size,
+        cfg = GenerateConfig.from_flags(base_model=str(model), sft_data="-", output="-", batch_size=args.batch_size,
                              max_new_tokens=args.max_new_tokens, device=args.device, seed=1234)
         ways = {"transformers engine": lambda: run_engine(cfg, units)}
         if not args.no_vllm and vllm_importable():
-            vcfg = GenerateConfig(**{**cfg.settings(), "engine": "vllm"})
+            vcfg = GenerateConfig.from_flags(**{**cfg.settings(), "engine": "vllm"})
             ways["--engine vllm"] = lambda: run_engine(vcfg, units)
             ways["bare vLLM LLM.generate"] = lambda: bare_vllm(vcfg, units)
         print(f"Model: Qwen3-MoE {'smoke' if args.smoke else 'real'} widths, {args.layers} layers, {dtype}; "

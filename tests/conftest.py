@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from prefgen.cli import cli
 from prefgen.config import GenerateConfig
-from prefgen.flow.run import generate
+from prefgen.executors import generate
 from prefgen.runtime import faults
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -188,7 +188,7 @@ def scripted(workdir, answers, records=1, **settings):
     options = dict(num_rejects=2, db_root=str(DB_ROOT), device="cpu", pairs="onpolicy", batch_size=3)
     options.update(settings)
     out = workdir / "pairs.jsonl"
-    cfg = GenerateConfig(base_model="scripted", sft_data=str(data), output=str(out), **options)
+    cfg = GenerateConfig.from_flags(base_model="scripted", sft_data=str(data), output=str(out), **options)
     engine = ScriptedEngine(lambda sample, attempt: answers[attempt])
     summary = generate(cfg, ["test"], show_progress=False, engine=engine)
     return summary, (read_jsonl(out) if out.exists() else []), str(out) + ".ledger.sqlite"

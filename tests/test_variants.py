@@ -21,7 +21,9 @@ from conftest import (
 )
 
 from prefgen.config import DEFAULT_DB_VARIANTS, CheckPolicy, GenerateConfig
-from prefgen.flow.run import generate
+from prefgen.executors import generate
+from prefgen.resume.fingerprint import fingerprint_of
+from prefgen.resume.settings import resolve
 from prefgen.sql import variants
 from prefgen.sql.workers import Checker
 
@@ -144,7 +146,7 @@ def test_onpolicy_a_coincidence_is_rejected_not_chosen_and_the_ledger_names_the_
     )
     right = "SELECT product_price FROM products WHERE 'black jeans' = product_name"
     out = workdir / "pairs.jsonl"
-    cfg = GenerateConfig(
+    cfg = GenerateConfig.from_flags(
         base_model="scripted",
         sft_data=str(data),
         output=str(out),
@@ -173,12 +175,12 @@ def test_onpolicy_a_coincidence_is_rejected_not_chosen_and_the_ledger_names_the_
 
 
 def test_a_ledger_made_before_variants_resumes_without_them():
-    cfg = GenerateConfig(base_model="m", sft_data="d.json", output="o.jsonl", db_root=str(DB_ROOT))
-    assert cfg.for_ledger({"db_root": "x"}).db_variants == 0  # made before: judged as it was
-    assert cfg.for_ledger({"db_root": "x", "db_variants": 3}).db_variants == 3
-    assert cfg.for_ledger(None).db_variants == DEFAULT_DB_VARIANTS
-    assert "db_variants" not in cfg.for_ledger({"db_root": "x"}).fingerprint()
-    assert cfg.check_policy().db_variants == DEFAULT_DB_VARIANTS and cfg.check_policy().variant_seed == cfg.seed
+    cfg = GenerateConfig.from_flags(base_model="m", sft_data="d.json", output="o.jsonl", db_root=str(DB_ROOT))
+    assert resolve(cfg, {"db_root": "x"}).db_variants == 0  # made before: judged as it was
+    assert resolve(cfg, {"db_root": "x", "db_variants": 3}).db_variants == 3
+    assert resolve(cfg, None).db_variants == DEFAULT_DB_VARIANTS
+    assert "db_variants" not in fingerprint_of(resolve(cfg, {"db_root": "x"}))
+    assert resolve(cfg, None).check_policy().db_variants == DEFAULT_DB_VARIANTS and cfg.check.variant_seed == cfg.seed
 
 
 def test_scripted_runs_judge_with_variants(workdir):

@@ -163,7 +163,7 @@ def main() -> None:
     job = json.loads(sys.argv[1])
     logging.getLogger("prefgen").setLevel(logging.WARNING)
     try:
-        result = dataclasses.asdict(measure(GenerateConfig(**job["settings"]), job["samples"], job["mode"]))
+        result = dataclasses.asdict(measure(GenerateConfig.from_flags(**job["settings"]), job["samples"], job["mode"]))
     except PrefgenError as exc:
         result = {"failure": str(exc), "hint": exc.hint}
     with open(job["out"], "w") as handle:

@@ -81,7 +81,7 @@ MEMORY_HINT = (
 def prepare_environment(cfg: GenerateConfig) -> None:
     """The environment vLLM reads when it starts, set before it is imported."""
     local_rank = os.environ.get("LOCAL_RANK")
-    if local_rank is not None and cfg.device.startswith("cuda"):
+    if local_rank is not None and (cfg.device == "auto" or cfg.device.startswith("cuda")):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         devices = visible.split(",") if visible else None
         os.environ["CUDA_VISIBLE_DEVICES"] = devices[int(local_rank)] if devices else local_rank

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import orjson
 
+from prefgen.ledger.answers import answer_sources
 from prefgen.ledger.store import Ledger
 from prefgen.ledger.views import RECENT_MINUTES
-from prefgen.resume.reuse import answer_sources, reuse_line
+from prefgen.units import GENERATED, REGENERATED, REUSED
 
 
 def human_number(value: float) -> str:
@@ -53,11 +54,11 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         overall = ledger.totals()
         last_error = ledger.last_error()
         settings = orjson.loads(runs and ledger.runs()[-1]["settings"] or "{}")
-        fingerprint = orjson.loads(ledger.meta("fingerprint") or "{}")
+        fingerprint = ledger.fingerprint() or {}
         mode = fingerprint.get("pairs", "gold")
         paired = paired_summary(ledger.db) if mode == "onpolicy" else None
-        answers = answer_sources(ledger.db)
-        golds = golds_data(ledger.db, fingerprint)
+        answers = answer_sources(ledger)
+        golds = golds_data(ledger, fingerprint)
     finally:
         ledger.close()
     samples_total = progress["samples_total"] or 0
@@ -130,10 +131,10 @@ def suspects(db) -> list[dict]:
     return list(db.query(sql))
 
 
-def golds_data(db, fingerprint: dict) -> dict | None:
+def golds_data(ledger: Ledger, fingerprint: dict) -> dict | None:
     """The gold checks (suspects.py): samples checked, suspect, and skipped (no pair) under
     --gold-suspect skip; None when the run (its fingerprint) did not check golds."""
-    checks, mode = gold_checks(db), fingerprint.get("gold_suspect")
+    checks, mode = gold_checks(ledger.db), fingerprint.get("gold_suspect")
     if checks is None or mode is None:
         return None
     skipped = checks["suspect"] if mode == "skip" else 0
@@ -290,3 +291,12 @@ def format_failures(path: str) -> str:
         lines.append(f"{group['status']}: {group['reason']} ({group['units']} units)"[:80])
         lines.append(f"  samples: {group['samples']}")
     return "\n".join(lines)
+
+
+def reuse_line(answers: dict) -> str:
+    """The line of `ledger status` and of generate's summary saying what --reuse-answers saved."""
+    regenerated = f", {answers[REGENERATED]} regenerated at a larger cap" if answers[REGENERATED] else ""
+    return (
+        f"Answers  {answers[REUSED]} reused from an earlier run{regenerated}, {answers[GENERATED]} generated;"
+        f" {answers['saved_gpu_s']:.1f}s of generation saved"
+    )

@@ -17,8 +17,8 @@ import orjson
 import sqlite_utils
 
 from prefgen import __version__
-from prefgen.config import GENERATION_FIELDS
-from prefgen.errors import ConfigError, LedgerError, SettingsMismatch
+from prefgen.errors import ConfigError, LedgerError
+from prefgen.ledger import keys
 from prefgen.ledger.migrations import MIGRATIONS_TABLE, applied_migrations, now, pending_migrations, upgrade
 from prefgen.ledger.views import RECENT_MINUTES, create_temp_views, speed_sql, views_are_current
 from prefgen.runtime.lock import exclusive
@@ -92,24 +92,33 @@ class Ledger:
             pk="key",
         )
 
-    def check_fingerprint(self, fingerprint: dict) -> None:
-        """Record the fingerprint on first use; afterwards refuse a run whose settings differ."""
-        stored = self.meta("fingerprint")
-        if stored is None:
-            with self.db.atomic():
-                self.set_meta({"fingerprint": fingerprint})
-            return
-        stored = orjson.loads(stored)
-        keys = sorted(key for key in set(stored) | set(fingerprint) if stored.get(key) != fingerprint.get(key))
-        differing = [f"{key} (ledger: {stored.get(key)!r}, now: {fingerprint.get(key)!r})" for key in keys]
-        if differing:
-            same = not GENERATION_FIELDS.intersection(keys)  # judging only: the answers would be the same
-            raise SettingsMismatch(
-                f"{self.path} was started with other settings: " + "; ".join(differing)
-                + (" (judging only: same answers)" if same else " (they decide the generated text)"),
-                hint="run with the ledger's settings, or pass a new --output (or --ledger) to start a separate run"
-                + (f", with --reuse-answers {self.path} to judge its answers anew, ungenerated" if same else ""),
-            )
+    def update_meta(self, values: dict[str, object]) -> None:
+        """Set meta keys in a transaction of their own."""
+        with self.db.atomic():
+            self.set_meta(values)
+
+    def meta_json(self, key: str) -> dict | None:
+        """A meta value stored as JSON (keys.FINGERPRINT, keys.GENERATION_IDENTITY), or None."""
+        stored = self.meta(key)
+        return orjson.loads(stored) if stored else None
+
+    def fingerprint(self) -> dict | None:
+        """The fingerprint the ledger's run was started with (None: none recorded yet)."""
+        return self.meta_json(keys.FINGERPRINT)
+
+    def has_runs(self) -> bool:
+        """Whether any run was ever started on this ledger."""
+        return bool(self.db["runs"].count)
+
+    def holds_work(self) -> bool:
+        """Whether any unit (or pair) was ever committed."""
+        return bool(self.db["units"].count or self.db["pairs"].count)
+
+    def hand_over(self, output: Path) -> None:
+        """Before the ledger is moved (a raised cap): name `output` as its JSONL, and checkpoint
+        and remove its -wal (journal mode DELETE), so nothing is left under the old name."""
+        self.update_meta({keys.OUTPUT_PATH: str(output.resolve())})
+        self.db.execute("PRAGMA journal_mode = DELETE")
 
     # --- runs and events ------------------------------------------------------------------------
     def start_run(self, settings: dict, argv: list[str]) -> int:
