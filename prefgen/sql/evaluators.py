@@ -31,6 +31,11 @@ from itertools import product
 SPIDER, BIRD = "spider", "bird"
 
 
+def selected_evaluators(evaluator: str) -> tuple[str, ...]:
+    """The evaluators --evaluator `evaluator` (spider, bird or both) selects."""
+    return tuple(name for name in (SPIDER, BIRD) if evaluator in (name, "both"))
+
+
 def remove_distinct(sql: str) -> str:
     """The query without its DISTINCT keywords, as Spider's evaluator runs it."""
     import sqlglot
