@@ -6,6 +6,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+from conftest import DB_ROOT, generate_args, query, run_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
@@ -113,3 +115,95 @@ def test_readme_starts_with_the_two_commands_and_stays_short():
     head = "\n".join(lines[:8])
     assert "make generate" in head and "make test" in head
     assert len(lines) <= 250, "README.md is the front page: move details to a page under docs/"
+
+
+def sections(text: str, level: int = 2) -> dict[str, str]:
+    """The text under each heading of `level` (a higher heading ends one; fenced code skipped)."""
+    found, title, fenced = {}, None, False
+    for line in text.splitlines():
+        fenced = fenced != line.startswith("```")
+        depth = len(line) - len(line.lstrip("#"))
+        if not fenced and depth and line[depth:].startswith(" "):
+            if depth == level:
+                title = line[depth:].strip()
+                found[title] = ""
+                continue
+            if depth < level:
+                title = None
+        if title is not None:
+            found[title] += line + "\n"
+    return found
+
+
+def page_section(page: str, heading: str) -> str:
+    return sections((DOCS / page).read_text(encoding="utf-8"))[heading]
+
+
+def tables(text: str) -> dict[str, list[str]]:
+    """The Markdown tables in `text`, by the header of their first column: each row's first
+    cell, without its backticks."""
+    found, header = {}, None
+    for line in text.splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        first = line.split("|")[1].strip()
+        if header is None:
+            header = first
+            found.setdefault(header, [])
+        elif not set(first) <= set("-: "):
+            found[header].append(first.strip("`"))
+    return found
+
+
+def documented_schema(heading: str) -> dict[str, dict[str, list[str]]]:
+    """docs/ledger.md's ``### `name` `` sections under `## Tables` or `## Views`: their tables."""
+    part = sections(page_section("ledger.md", heading), level=3)
+    return {name.strip("`"): tables(text) for name, text in part.items() if name.startswith("`")}
+
+
+def test_the_ledger_page_lists_every_table_and_view_with_every_column(tmp_path):
+    from prefgen.ledger.store import Ledger
+
+    ledger = Ledger(tmp_path / "new.ledger.sqlite")  # a new ledger: every migration applied, today's views
+    ledger.close()
+    for kind, heading in (("table", "Tables"), ("view", "Views")):
+        names = query(tmp_path / "new.ledger.sqlite", f"select name from sqlite_master where type = '{kind}'")
+        actual = {
+            row["name"]: [
+                c["name"] for c in query(tmp_path / "new.ledger.sqlite", f"pragma table_info([{row['name']}])")
+            ]
+            for row in names
+            if not row["name"].startswith("sqlite_")
+        }
+        documented = {name: found.get("column", []) for name, found in documented_schema(heading).items()}
+        assert sorted(documented) == sorted(actual), f"docs/ledger.md's {heading} are not the ledger's {kind}s"
+        for name, columns in actual.items():
+            assert documented[name] == columns, (
+                f"docs/ledger.md, `{name}`: list its columns in the ledger's order, one row each: {columns}"
+            )
+
+
+def test_the_ledger_page_lists_every_meta_key_a_run_writes(tiny_model, sample_data, workdir):
+    """The keys of a finished --db-root run, and of one whose --max-new-tokens was then raised in
+    place (the only run that records `raised_from`)."""
+    out = workdir / "pairs.jsonl"
+    flags = dict(db_root=DB_ROOT, max_samples=2, batch_size=4)
+    run_cli(generate_args(tiny_model, sample_data, out, max_new_tokens=4, **flags))
+    first = {row["key"] for row in query(str(out) + ".ledger.sqlite", "select key from meta")}
+    run_cli(generate_args(tiny_model, sample_data, out, max_new_tokens=8, **flags))
+    raised = {row["key"] for row in query(str(out) + ".ledger.sqlite", "select key from meta")}
+    assert "raised_from" in raised - first and first <= raised
+    documented = documented_schema("Tables")["meta"]["key"]
+    assert sorted(documented) == sorted(set(documented)), "docs/ledger.md lists a meta key twice"
+    assert set(documented) == raised, f"docs/ledger.md's meta keys are not a run's: {sorted(raised)}"
+
+
+def test_the_test_table_names_every_test_file():
+    listed = tables(page_section("contributing.md", "How the tests are organised"))["file"]
+    files = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").glob("test_*.py"))
+    assert sorted(listed) == sorted(set(listed)), "docs/contributing.md lists a test file twice"
+    assert sorted(listed) == files, (
+        f"docs/contributing.md's test table: add {sorted(set(files) - set(listed))},"
+        f" remove {sorted(set(listed) - set(files))}"
+    )
