@@ -3,10 +3,15 @@ every link to a file that exists."""
 
 import difflib
 import importlib.util
+import os
 import re
+import shlex
+import subprocess
 from pathlib import Path
 
 from conftest import DB_ROOT, generate_args, query, run_cli
+
+from prefgen.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -207,3 +212,52 @@ def test_the_test_table_names_every_test_file():
         f"docs/contributing.md's test table: add {sorted(set(files) - set(listed))},"
         f" remove {sorted(set(listed) - set(files))}"
     )
+
+
+# Variables of the Makefile that are not flags of `prefgen generate`.
+NOT_GENERATE = {"PYTHON", "VENV", "CLIENTS_VENV", "VLLM_VENV", "PORT"}
+
+
+def make_variables() -> list[tuple[str, str]]:
+    """`make generate`'s variables as docs/generate-and-judging.md lists them: (variable, flag)."""
+    text = page_section("generate-and-judging.md", "Through make")
+    rows = [line.split("|")[1:3] for line in text.splitlines() if line.startswith("| `")]
+    return [(var.strip().strip("`"), (re.findall(r"`(--[\w-]+)`", flag) or [""])[0]) for var, flag in rows]
+
+
+def make_generate_argv(**variables) -> list[str]:
+    """The `prefgen generate` command `make generate` runs with these variables (make -n: nothing runs)."""
+    assignments = [f"{name}={value}" for name, value in variables.items()]
+    # Neither a make that runs the tests (MAKEFLAGS) nor the environment (`?=` takes it) chooses.
+    ignored = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", *(name for name, _ in make_variables())}
+    env = {k: v for k, v in os.environ.items() if k not in ignored}
+    done = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), "generate", *assignments], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    commands = [c for c in done.stdout.replace("\\\n", " ").splitlines() if "prefgen generate" in c]
+    assert len(commands) == 1, done.stdout
+    argv = shlex.split(commands[0])
+    return argv[argv.index("generate") + 1 :]
+
+
+def test_make_generate_has_the_variables_the_docs_list_and_passes_the_rest_through_args():
+    rows = make_variables()
+    documented = [name for name, _ in rows]
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    defined = set(re.findall(r"^([A-Z_]+) \?=", makefile, flags=re.M)) - NOT_GENERATE
+    assert sorted(documented) == sorted(defined), (
+        "docs/generate-and-judging.md#through-make and the Makefile's variables differ (a variable"
+        f" that is no flag of generate goes into NOT_GENERATE): {sorted(set(documented) ^ defined)}"
+    )
+    flags = {opt for p in cli.commands["generate"].params for opt in [*p.opts, *p.secondary_opts]}
+    own = {name: flag for name, flag in rows if name != "ARGS"}
+    assert set(own.values()) <= flags, f"not flags of prefgen generate: {set(own.values()) - flags}"
+    assert len(set(own.values())) == len(own), "two variables for one flag"
+    # Every variable reaches its flag: each given a value of its own (DEDUP takes a mode).
+    values = {name: "sql" if name == "DEDUP" else f"x-{name.lower()}" for name in own}
+    argv = make_generate_argv(**values, ARGS="--evaluator bird --db-variants 5")
+    for name, flag in own.items():
+        assert flag in argv and argv[argv.index(flag) + 1] == values[name], f"{name} does not set {flag}: {argv}"
+    assert argv[-4:] == ["--evaluator", "bird", "--db-variants", "5"]
+    assert "--evaluator" not in make_generate_argv(MODEL="m")
