@@ -56,7 +56,7 @@ GEN_BIN := $(BIN)
 GEN_STAMP := $(STAMP)
 endif
 
-.PHONY: generate test check check-clients check-vllm status browse bench bench-engines venv clean
+.PHONY: generate test check check-clients check-vllm status browse bench bench-engines venv clean lint
 
 venv: $(STAMP)
 
@@ -115,6 +115,13 @@ docs: $(STAMP)
 FAST := not slow and not clients and not vllm
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m '$(FAST)'
+
+# ruff (pinned in .ci/constraints.txt, settings in pyproject.toml): the lint rules, and the code
+# as `ruff format` writes it.
+LINT_PATHS := prefgen tests benchmarks docs
+lint: $(STAMP)
+	$(BIN)/python -m ruff check $(LINT_PATHS)
+	$(BIN)/python -m ruff format --check $(LINT_PATHS)
 
 # Every test: the slow ones with the fast, then the two venv checks (what .ci/run runs).
 check: $(STAMP)
