@@ -2,10 +2,18 @@
 writes (`prefgen ledger retry` is the Ledger's own `mark_retry`).
 
 `status_data` returns the stable JSON document of `prefgen ledger status --json`; the
-`format_*` functions render text that fits an 80-column terminal.
+`format_*` functions render text that fits an 80-column terminal (long lines wrapped, never
+cut), with the control characters of the model's text escaped (`printable`).
+
+A `runs` row whose status is `running` belongs to a live process only while that process holds
+the ledger's lock (prefgen.runtime.lock): when it does not, the run died (kill -9, a crash, the
+machine went down) and is shown `crashed`, with no ETA, without writing the ledger (the next
+`prefgen generate` records it so).
 """
 
 from __future__ import annotations
+
+import textwrap
 
 import orjson
 
@@ -13,6 +21,21 @@ from prefgen.ledger.answers import answer_sources
 from prefgen.ledger.store import Ledger
 from prefgen.ledger.views import RECENT_MINUTES
 from prefgen.units import GENERATED, REGENERATED, REUSED
+
+# the C0 and C1 control characters but newline and tab, as Python writes them in a repr
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if chr(c) not in "\n\t"}
+_CONTROL.update({ord("\r"): "\\r"})
+
+
+def printable(text: str) -> str:
+    """Text for a terminal: control characters (NUL, backspace, escape sequences, ...) written
+    as escapes (\\x00, \\x08, \\x1b), newlines and tabs kept."""
+    return text.translate(_CONTROL)
+
+
+def wrapped(line: str, indent: str = "      ", width: int = 80) -> list[str]:
+    """A line too long for the terminal, wrapped onto indented lines (nothing is cut)."""
+    return textwrap.wrap(line, width, subsequent_indent=indent, break_on_hyphens=False) or [""]
 
 
 def human_number(value: float) -> str:
@@ -49,11 +72,13 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         speed = ledger.speed(recent_minutes)
         counts = ledger.status_counts()
         runs = ledger.run_history()
+        rows = ledger.runs()
+        alive = mark_crashed(runs, rows, ledger.reader)
         partial = ledger.partial_samples()
         verdicts = ledger.verdict_counts()
         overall = ledger.totals()
         last_error = ledger.last_error()
-        settings = orjson.loads(runs and ledger.runs()[-1]["settings"] or "{}")
+        settings = orjson.loads(rows and rows[-1]["settings"] or "{}")
         fingerprint = ledger.fingerprint() or {}
         mode = fingerprint.get("pairs", "gold")
         paired = paired_summary(ledger.db) if mode == "onpolicy" else None
@@ -90,12 +115,30 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
             "recent_units_per_s": speed["recent_units_per_s"],
             "recent_tokens_per_s": speed["recent_tokens_per_s"],
         },
-        "eta_s": speed["eta_s"],
+        "eta_s": speed["eta_s"] if alive or not speed["remaining"] else None,  # no run: no ETA
         "last_update": progress["last_update"],
         "runs": runs,
         "last_error": last_error,
         "settings": settings,
     }
+
+
+def mark_crashed(history: list[dict], rows: list[dict], reader) -> bool:
+    """Show as `crashed` (stop reason `the process died`, as the next run records it) the runs of
+    `history` (run_history rows) that say `running` but whose process no longer holds the
+    ledger's lock (`reader`: what the lock told when the ledger was opened); `rows` are the
+    `runs` rows, with pid and host. Returns whether a run is alive."""
+    by_id = {row["id"]: row for row in rows}
+    alive = False
+    for run in history:
+        if run["status"] != "running":
+            continue
+        row = by_id.get(run["id"], {})
+        if reader is not None and reader.holds(row.get("pid"), row.get("host")):
+            alive = True
+        else:
+            run["status"], run["stop_reason"] = "crashed", "the process died"
+    return alive
 
 
 def paired_summary(db) -> dict:
@@ -182,6 +225,8 @@ def format_status(data: dict) -> str:
         f"{_speed(speed['recent_units_per_s'], speed['recent_tokens_per_s'])} last {speed['recent_minutes']}m",
         f"ETA      {human_duration(data['eta_s'])}",
     ]
+    if data["eta_s"] is None and units["remaining"]:
+        lines[-1] += " (no run is running: the same `prefgen generate` command resumes it)"
     if data["answers"]["reused"] or data["answers"]["regenerated"]:  # --reuse-answers
         lines.insert(5, reuse_line(data["answers"]))
     if data["golds"]:
@@ -201,14 +246,14 @@ def format_status(data: dict) -> str:
     for run in data["runs"]:
         backoffs = f", {run['oom_backoffs']} OOM backoffs" if run["oom_backoffs"] else ""
         reason = f": {run['stop_reason']}" if run["stop_reason"] else ""
-        lines.append(
+        lines += wrapped(
             f"  #{run['id']} {run['started_at'][:16].replace('T', ' ')} {human_duration(run['seconds']):>6} "
-            f"{run['units_done']:>6} units  {run['status']}{reason}{backoffs}"[:80]
+            f"{run['units_done']:>6} units  {run['status']}{reason}{backoffs}"
         )
     if data["last_error"]:
         error = data["last_error"]
-        lines.append(f"Last error (run #{error['run_id']}): {error['stop_reason']}: {error['error']}"[:80])
-    return "\n".join(lines)
+        lines += wrapped(f"Last error (run #{error['run_id']}): {error['stop_reason']}: {error['error']}", "  ")
+    return printable("\n".join(lines))
 
 
 def _speed(units: float | None, tokens: float | None) -> str:
@@ -249,7 +294,7 @@ def format_sample(path: str, sample_index: int, full: bool = False, width: int =
         ]
         if unit["detail"]:
             lines.append(f"  detail: {unit['detail']}")
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def suspects_data(path: str) -> list[dict]:
@@ -274,7 +319,7 @@ def format_suspects(suspects: list[dict], width: int = 200) -> str:
             f"  question: {question[:width]}",
             f"  gold: {row['gold']}",
         ]
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def format_failures(path: str) -> str:
@@ -288,9 +333,9 @@ def format_failures(path: str) -> str:
         return "No failed units."
     lines = []
     for group in groups:
-        lines.append(f"{group['status']}: {group['reason']} ({group['units']} units)"[:80])
+        lines += wrapped(f"{group['status']}: {group['reason']} ({group['units']} units)", "  ")
         lines.append(f"  samples: {group['samples']}")
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def reuse_line(answers: dict) -> str:
