@@ -124,7 +124,7 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff format --check $(LINT_PATHS)
 
 # Every test: the slow ones with the fast, then the two venv checks (what .ci/run runs).
-check: $(STAMP)
+check: $(STAMP) lint
 	$(BIN)/python -m pytest -q -m 'not clients and not vllm'
 	$(MAKE) check-clients
 	$(MAKE) check-vllm

@@ -31,8 +31,14 @@ def sparse_model_dir(model: str, directory: Path, shards: int = 4) -> Path:
     weight_map = {}
     for index in range(shards):
         name = f"model-{index + 1:05d}-of-{shards:05d}.safetensors"
-        tensors = {f"model.layers.{index}.w{t}": {"dtype": "BF16", "shape": [8192, 8192],
-                                                     "data_offsets": [t * 2**27, (t + 1) * 2**27]} for t in range(64)}
+        tensors = {
+            f"model.layers.{index}.w{t}": {
+                "dtype": "BF16",
+                "shape": [8192, 8192],
+                "data_offsets": [t * 2**27, (t + 1) * 2**27],
+            }
+            for t in range(64)
+        }
         header = orjson.dumps(tensors)
         with (directory / name).open("wb") as handle:
             handle.write(struct.pack("<Q", len(header)) + header)
@@ -52,8 +58,9 @@ def reuse_comparison(cfg, work: Path) -> dict:
     started = time.perf_counter()
     generate(original, ["bench"], show_progress=False)
     generation_s = time.perf_counter() - started
-    rejudged = replace(cfg, output=str(work / "reuse-rejudged.jsonl"), dedup_rejects="exact",
-                       reuse_answers=original.output)
+    rejudged = replace(
+        cfg, output=str(work / "reuse-rejudged.jsonl"), dedup_rejects="exact", reuse_answers=original.output
+    )
     started = time.perf_counter()
     generate(rejudged, ["bench"], show_progress=False)
     rejudged_s = time.perf_counter() - started

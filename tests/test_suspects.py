@@ -95,9 +95,7 @@ def test_gold_mode_skip_writes_no_line_for_a_suspect_gold_and_counts_it(workdir)
 
 
 def test_a_failing_gold_is_suspect(workdir):
-    data = write_records(
-        workdir / "data.json", [{"instruction": "q", "output": FAILS, "db_id": "department_store"}]
-    )
+    data = write_records(workdir / "data.json", [{"instruction": "q", "output": FAILS, "db_id": "department_store"}])
     out = workdir / "pairs.jsonl"
     cfg = dict(num_rejects=2, db_root=str(DB_ROOT), device="cpu", batch_size=3, pairs="gold")
     from conftest import ScriptedEngine

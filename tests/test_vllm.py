@@ -250,7 +250,9 @@ def test_the_engine_is_sized_as_vllms_llm_class_sizes_offline_work(tiny_model):
     from prefgen.config import GenerateConfig
     from prefgen.engines.vllm import engine_args, offline_context
 
-    cfg = GenerateConfig.from_flags(base_model=str(tiny_model), sft_data="d", output="o", engine="vllm", batch_size="auto")
+    cfg = GenerateConfig.from_flags(
+        base_model=str(tiny_model), sft_data="d", output="o", engine="vllm", batch_size="auto"
+    )
     tokens, seqs = EngineArgs.get_batch_defaults(1)
     assert offline_context() == UsageContext.LLM_CLASS
 

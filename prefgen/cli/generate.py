@@ -132,7 +132,10 @@ from prefgen.config import DEDUP_MODES, ENGINE_NAMES, LORA_MODES, PAIR_MODES
     help="Samples per window in which units are grouped by prompt length (1 = none).",
 )
 @click.option(
-    "--device", default=default("device"), show_default=True, help="auto (CUDA where there is one, else the CPU), cuda, cuda:N or cpu."
+    "--device",
+    default=default("device"),
+    show_default=True,
+    help="auto (CUDA where there is one, else the CPU), cuda, cuda:N or cpu.",
 )
 @click.option("--system", default=default("system"), help="Optional system prompt.")
 @click.option(
@@ -209,7 +212,9 @@ def generate(no_progress, **options):
     cfg = GenerateConfig.from_flags(**options)
     summary = run_generate(cfg, sys.argv, show_progress=not no_progress)
     if summary.adopted:
-        click.echo(f"{cfg.target_path} was begun as JSON Lines by an earlier prefgen: continuing it as {summary.output}")
+        click.echo(
+            f"{cfg.target_path} was begun as JSON Lines by an earlier prefgen: continuing it as {summary.output}"
+        )
     counts = ", ".join(f"{status} {n}" for status, n in sorted(summary.counts.items()))
     if summary.done_now == 0:
         click.echo(f"Nothing to do: all {summary.total_units} units are already in the ledger ({counts}).")

@@ -127,8 +127,10 @@ def measure_in_process_of_its_own(cfg: GenerateConfig, samples: int, mode: str) 
         out = os.path.join(tmp, "result.json")
         job = {"settings": cfg.settings(), "samples": samples, "mode": mode, "out": out}
         process = subprocess.run(
-            [sys.executable, "-m", "prefgen.engines.invariance", json.dumps(job)], stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "prefgen.engines.invariance", json.dumps(job)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         answer = json.loads(open(out).read()) if os.path.exists(out) else {}
     if "failure" in answer:

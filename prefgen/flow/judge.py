@@ -90,7 +90,9 @@ class DedupIndex:
             del self.keys[sample]
 
 
-def judge_batch(units: list[WorkUnit], answers: list[Answer], index: DedupIndex, onpolicy: bool = False) -> list[Judged]:
+def judge_batch(
+    units: list[WorkUnit], answers: list[Answer], index: DedupIndex, onpolicy: bool = False
+) -> list[Judged]:
     """Judge a batch in unit order, updating the dedup index. With `onpolicy`, answers with SQL
     are candidates, to be executed."""
     results = []

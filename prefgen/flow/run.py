@@ -91,7 +91,11 @@ class Run:
         self.journal.open()
         samples = scan_records(self.records(), ledger)
         ledger.update_meta(
-            {keys.SAMPLES_TOTAL: str(samples), keys.NUM_REJECTS: str(cfg.num_rejects), keys.MAX_ATTEMPTS: str(cfg.attempts)}
+            {
+                keys.SAMPLES_TOTAL: str(samples),
+                keys.NUM_REJECTS: str(cfg.num_rejects),
+                keys.MAX_ATTEMPTS: str(cfg.attempts),
+            }
         )
         counts = self.counts()
         done_before = sum(n for status, n in counts.items() if status not in RETRIED_STATUSES)
@@ -120,8 +124,12 @@ class Run:
             engine = load_engine(self.cfg)
         self.record_event(
             "model_loaded",
-            {"engine": self.cfg.engine, "device": engine.device, "adapter_merged": engine.adapter_merged,
-             **engine.settings},
+            {
+                "engine": self.cfg.engine,
+                "device": engine.device,
+                "adapter_merged": engine.adapter_merged,
+                **engine.settings,
+            },
         )
         fault_point("after_model_load")
         self.stop.check()

@@ -54,7 +54,9 @@ def check_model(ref: str, flag: str, marker: str) -> None:
             " its first part is no local folder",
         )
     if not (path / marker).is_file():
-        raise ModelError(f"{flag} {ref} is not a model directory: it has no {marker}", hint=f"give the directory holding {marker}")
+        raise ModelError(
+            f"{flag} {ref} is not a model directory: it has no {marker}", hint=f"give the directory holding {marker}"
+        )
 
 
 def check_engine(cfg: GenerateConfig) -> None:
@@ -76,7 +78,8 @@ def scan_input(cfg: GenerateConfig) -> set[str]:
             db_ids.add(record.fields[cfg.db_field])
     if not count:
         raise InputError(
-            f"{cfg.sft_data} holds no record" + (f" for rank {cfg.rank} of {cfg.world_size}" if cfg.world_size > 1 else ""),
+            f"{cfg.sft_data} holds no record"
+            + (f" for rank {cfg.rank} of {cfg.world_size}" if cfg.world_size > 1 else ""),
             hint="give Alpaca records: a JSON array or JSON Lines of {instruction, input, output}",
         )
     return db_ids

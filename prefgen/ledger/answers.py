@@ -27,6 +27,7 @@ def answer_sources(ledger: Ledger) -> dict:
         "saved_gpu_s": round(row["saved_s"], 3),
     }
 
+
 def stored_answers(ledger: Ledger) -> dict[tuple[int, int], dict]:
     """Every stored answer by (sample, reject), for --reuse-answers (`truncated` NULL in rows
     made before units.truncated)."""

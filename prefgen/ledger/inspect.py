@@ -77,7 +77,7 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         partial = ledger.partial_samples()
         verdicts = ledger.verdict_counts()
         overall = ledger.totals()
-        last_error = ledger.last_error()
+        last_error = latest_error(ledger)
         settings = orjson.loads(rows and rows[-1]["settings"] or "{}")
         fingerprint = ledger.fingerprint() or {}
         mode = fingerprint.get("pairs", "gold")
@@ -345,3 +345,12 @@ def reuse_line(answers: dict) -> str:
         f"Answers  {answers[REUSED]} reused from an earlier run{regenerated}, {answers[GENERATED]} generated;"
         f" {answers['saved_gpu_s']:.1f}s of generation saved"
     )
+
+
+def latest_error(ledger: Ledger) -> dict | None:
+    """The latest run that stopped on an error, if any."""
+    sql = (
+        "select id as run_id, ended_at as at, stop_reason, error from runs"
+        " where error is not null and error != '' order by id desc limit 1"
+    )
+    return next(ledger.db.query(sql), None)

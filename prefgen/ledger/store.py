@@ -341,14 +341,6 @@ class Ledger:
         """The `speed` view's row, for a recent window of `minutes`."""
         return next(self.db.query(speed_sql(minutes)))
 
-    def last_error(self) -> dict | None:
-        """The latest run that stopped on an error, if any."""
-        sql = (
-            "select id as run_id, ended_at as at, stop_reason, error from runs"
-            " where error is not null and error != '' order by id desc limit 1"
-        )
-        return next(self.db.query(sql), None)
-
 
 def mark_retry(path: str, statuses: list[str]) -> int:
     """Mark units to be generated again by the next run (refused while a run holds the ledger)."""

@@ -36,8 +36,21 @@ FINGERPRINT_FIELDS = (
     "world_size",
 )
 GENERATION_FIELDS = frozenset(
-    ("base_model", "adapter_path", "sft_data", "seed", "temperature", "top_p", "max_new_tokens", "system", "rank",
-     "world_size", "engine", "batch_invariant", "lora")
+    (
+        "base_model",
+        "adapter_path",
+        "sft_data",
+        "seed",
+        "temperature",
+        "top_p",
+        "max_new_tokens",
+        "system",
+        "rank",
+        "world_size",
+        "engine",
+        "batch_invariant",
+        "lora",
+    )
 )
 # --pairs onpolicy and how its pairs are made; in the fingerprint only in that mode.
 PAIR_FIELDS = ("pairs", "answer", "fallback")

@@ -39,7 +39,6 @@ from prefgen.runtime.faults import fault_point
 log = logging.getLogger("prefgen")
 
 
-
 def marker_path(output: Path) -> Path:
     return output.with_name(output.name + ".raising.json")
 

@@ -79,7 +79,8 @@ def check_fingerprint(ledger: Ledger, stored: dict | None, now: dict, replacing:
         return
     same = judging_only(key for key in set(stored) | set(now) if stored.get(key) != now.get(key))
     raise SettingsMismatch(
-        f"{ledger.path} was started with other settings: " + "; ".join(differing)
+        f"{ledger.path} was started with other settings: "
+        + "; ".join(differing)
         + (" (judging only: same answers)" if same else " (they decide the generated text)"),
         hint="run with the ledger's settings, or pass a new --output (or --ledger) to start a separate run"
         + (f", with --reuse-answers {ledger.path} to judge its answers anew, ungenerated" if same else ""),
