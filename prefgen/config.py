@@ -18,7 +18,8 @@ MAX_REJECTS = 1000  # seeds are seed + sample*1000 + reject: more rejects would 
 PAIR_MODES = ("gold", "onpolicy")
 ANSWER_MODES = ("sql", "full")
 FALLBACK_MODES = ("none", "gold")
-EQUIVALENCE_MODES = ("lenient", "multiset", "ordered")
+DEFAULT_EQUIVALENCE = "lenient"  # --equivalence: rows compared as sets
+EQUIVALENCE_MODES = (DEFAULT_EQUIVALENCE, "multiset", "ordered")
 DEDUP_MODES = ("exact", "sql")  # --dedup-rejects: identical text; identical after normalization
 EXPORT_FORMATS = ("llamafactory", "sharegpt", "trl", "kto", "rewards")
 ENGINE_NAMES = ("transformers", "vllm")  # --engine; in the fingerprint only when not the first
@@ -102,7 +103,7 @@ class CheckPolicy:
 
     db_root: str = ""  # "": SQL is not executed
     db_field: str = "db_id"
-    equivalence: str = "lenient"
+    equivalence: str = DEFAULT_EQUIVALENCE
     drop_timeout: bool | None = None  # None: kept as rejects with --pairs gold, neither with onpolicy
     drop_unverifiable: bool | None = None
     time_limit: float = DEFAULT_TIME_LIMIT

@@ -58,6 +58,9 @@ class Interrupted(PrefgenError):
         self.immediate = immediate  # a second signal: generation may still be running; exit now
 
 
+DISK_FULL_HINT = "free disk space, then run the same command again: nothing committed is lost"
+
+
 def disk_full(exc: BaseException) -> bool:
     """Whether an error from the system or SQLite says the disk (or quota) is full."""
     import errno

@@ -94,7 +94,7 @@ class Verdict:
     digest: str = ""  # the candidate's result rows (sorted), to compare answers with each other
     variant: int | None = None  # --db-variants: the variant (1..K) that told a wrong answer apart
 
-    def kept(self, equivalence: str = "lenient", keep_timeout: bool = True, keep_unverifiable: bool = True) -> bool:
+    def kept(self, equivalence: str, keep_timeout: bool = True, keep_unverifiable: bool = True) -> bool:
         """Whether the pair stays, under a policy."""
         if self.verdict in (WRONG_RESULT, EXEC_ERROR):
             return True

@@ -69,3 +69,15 @@ def test_dedup_sql_flag_end_to_end(workdir, tiny_model):
     assert len(read_jsonl(out)) == 3
     fingerprint = query(str(out) + ".ledger.sqlite", "select value from meta where key = 'fingerprint'")
     assert '"dedup_rejects":"sql"' in fingerprint[0]["value"]
+
+
+def test_the_dedup_index_remembers_each_samples_candidates_and_forgets_finished_ones():
+    from prefgen.flow.judge import DedupIndex
+
+    index = DedupIndex("sql")
+    index.remember(0, ["SELECT a FROM t"])
+    assert index.duplicate(0, "select a  from t") and not index.duplicate(1, "SELECT a FROM t")
+    index.add(1, "SELECT b FROM t")
+    index.forget(lambda sample: sample >= 1)
+    assert 0 not in index.keys and index.duplicate(1, "SELECT b FROM t")
+    assert not DedupIndex("").duplicate(0, "x")  # off: nothing is a duplicate

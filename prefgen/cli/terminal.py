@@ -11,7 +11,7 @@ import threading
 
 import click
 
-from prefgen.errors import Interrupted, PrefgenError, disk_full
+from prefgen.errors import DISK_FULL_HINT, Interrupted, PrefgenError, disk_full
 
 EXIT_INCOMPLETE = 3  # the run ended, but some units are oom/error and wait for the next run
 
@@ -61,9 +61,6 @@ def friendly_errors(command):
         except Exception as exc:
             if not disk_full(exc):
                 raise
-            raise click.ClickException(
-                f"the disk is full: {exc}\nHint: free disk space, then run the same command again:"
-                " nothing committed is lost"
-            ) from exc
+            raise click.ClickException(f"the disk is full: {exc}\nHint: {DISK_FULL_HINT}") from exc
 
     return wrapper

@@ -155,7 +155,7 @@ def check_committed(ledger: Ledger, path: Path) -> tuple[int, "hashlib._Hash"]:
 class OutputJournal:
     """The JSONL output, kept in step with the ledger."""
 
-    def __init__(self, ledger: Ledger, path: str | Path, db_field: str = "db_id"):
+    def __init__(self, ledger: Ledger, path: str | Path, db_field: str):
         self.ledger = ledger
         self.path = Path(path)
         self.db_field = db_field

@@ -19,7 +19,7 @@ import orjson
 import sqlite_utils
 
 from prefgen import __version__
-from prefgen.errors import ConfigError, LedgerError
+from prefgen.errors import DISK_FULL_HINT, ConfigError, LedgerError, disk_full
 from prefgen.ledger import keys
 from prefgen.ledger.migrations import MIGRATIONS_TABLE, applied_migrations, now, pending_migrations, upgrade
 from prefgen.ledger.views import RECENT_MINUTES, create_temp_views, speed_sql, views_are_current
@@ -99,6 +99,8 @@ class Ledger:
                 upgrade(self.db)
         except BaseException as exc:
             self.close()
+            if disk_full(exc):
+                raise LedgerError(f"{self.path}: the disk is full ({exc})", hint=DISK_FULL_HINT) from exc
             if isinstance(exc, sqlite3.DatabaseError):
                 raise LedgerError(f"{self.path} is not a prefgen ledger: {exc}") from exc
             raise

@@ -1,0 +1,121 @@
+"""First-day mistakes cost one error message: a refused start leaves the directory as it was and
+the corrected command simply runs; a wrong --db-root or model path is refused at once; a full
+disk is an `Error:` line, never a traceback; the defaults do not warn about what nobody asked."""
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import DB_ROOT, generate_args, query, read_jsonl, run, run_cli, write_records
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    "mistake, message",
+    [
+        ({"sft_data": "data.csv"}, "data.csv"),
+        ({"base_model": "runs/tiny-modle"}, "runs/tiny-modle: no such model directory"),
+        ({"db_root": "no-such-dir"}, "--db-root no-such-dir is not a directory"),
+        ({"db_root": "empty-dbs"}, "department_store"),
+    ],
+)
+def test_a_refused_start_leaves_nothing_and_the_corrected_command_runs(
+    workdir, tiny_model, sample_data, mistake, message
+):
+    (workdir / "runs").mkdir()
+    (workdir / "empty-dbs").mkdir()
+    (workdir / "data.csv").write_text("instruction,output\nq,SELECT 1\n")
+    right = dict(base_model=tiny_model, sft_data=sample_data, db_root=DB_ROOT)
+    before = listing(workdir)
+    given = {**right, **mistake}
+    args = generate_args(given["base_model"], given["sft_data"], workdir / "out.jsonl", db_root=given["db_root"])
+    result = run_cli(args, expect=1)
+    assert "Error: " in result.output and message in result.output, result.output
+    assert listing(workdir) == before  # no output, ledger or lock file
+    result = run_cli(generate_args(right["base_model"], right["sft_data"], workdir / "out.jsonl", db_root=DB_ROOT))
+    assert "Generated 12 units" in result.output
+
+
+def test_a_local_model_path_that_does_not_exist_fails_at_once(workdir, sample_data):
+    (workdir / "runs").mkdir()
+    started = time.monotonic()
+    result = run_cli(generate_args("runs/tiny-modle", sample_data, workdir / "out.jsonl"), expect=1)
+    assert time.monotonic() - started < 10  # no hub, no network retries
+    assert "--base-model runs/tiny-modle: no such model directory" in result.output
+    assert str(workdir / "runs" / "tiny-modle") in result.output  # where it looked
+
+
+def test_an_input_without_a_record_is_refused(workdir, tiny_model):
+    data = write_records(workdir / "data.json", [])
+    result = run_cli(generate_args(tiny_model, data, workdir / "out.jsonl"), expect=1)
+    assert "holds no record" in result.output
+    assert listing(workdir) == ["data.json"]
+
+
+def test_a_ledger_without_a_committed_unit_takes_the_new_settings(workdir, tiny_model, sample_data):
+    out = workdir / "out.jsonl"
+    code, output = run(generate_args(tiny_model, sample_data, out, num_rejects=2), fault="after_model_load:raise")
+    assert code != 0 and (workdir / "out.jsonl.ledger.sqlite").exists()  # a failure after the ledger was made
+    result = run_cli(generate_args(tiny_model, sample_data, out, num_rejects=3, max_samples=2))
+    assert "holds no committed unit: started again with these settings" in result.output
+    assert "num_rejects (ledger: 2, now: 3)" in result.output
+    assert "Generated 6 units" in result.output
+    # one that holds work is never replaced
+    result = run_cli(generate_args(tiny_model, sample_data, out, num_rejects=2, max_samples=2), expect=1)
+    assert "was started with other settings" in result.output
+
+
+def test_the_default_device_says_nothing_on_a_cpu_machine(workdir, tiny_model, sample_data):
+    args = generate_args(tiny_model, sample_data, workdir / "out.jsonl", max_samples=1, device=None)
+    result = run_cli(args)
+    assert "asked for" not in result.output and "Warning" not in result.output
+    assert query(str(workdir / "out.jsonl") + ".ledger.sqlite", "select count(*) as n from units")[0]["n"] == 2
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size_kb: int):
+    """A tmpfs of `size_kb` at `folder` (tests run as root); skipped where it cannot be mounted."""
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("free_kb", [0, 120, 400])
+def test_a_full_disk_is_an_error_line_at_any_point_and_the_run_resumes(workdir, tiny_model, sample_data, free_kb):
+    reference = workdir / "reference.jsonl"
+    run_cli(generate_args(tiny_model, sample_data, reference, max_samples=12, batch_size=2, db_root=DB_ROOT))
+    with small_disk(workdir / "disk", 1024) as disk:
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):  # fill it, then give back `free_kb`
+            while True:
+                os.write(fd, b"\0" * 4096)
+        os.ftruncate(fd, max(os.fstat(fd).st_size - free_kb * 1024, 0))
+        os.close(fd)
+        args = generate_args(tiny_model, sample_data, disk / "out.jsonl", max_samples=12, batch_size=2, db_root=DB_ROOT)
+        for _ in range(2):  # and run again while the disk is still full
+            code, output = run(args)
+            if code == 0:
+                break
+            assert code == 1 and "Traceback" not in output, output
+            assert "Error: " in output and ("disk is full" in output or "No space left" in output), output
+        filler.unlink()
+        code, output = run(args)
+        assert code == 0, output
+        assert sorted(read_jsonl(disk / "out.jsonl"), key=str) == sorted(read_jsonl(reference), key=str)
+        shutil.copy(disk / "out.jsonl", workdir / "copy.jsonl")
