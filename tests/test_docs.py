@@ -261,3 +261,19 @@ def test_make_generate_has_the_variables_the_docs_list_and_passes_the_rest_throu
         assert flag in argv and argv[argv.index(flag) + 1] == values[name], f"{name} does not set {flag}: {argv}"
     assert argv[-4:] == ["--evaluator", "bird", "--db-variants", "5"]
     assert "--evaluator" not in make_generate_argv(MODEL="m")
+
+
+def test_the_layouts_rules_hold():
+    """docs/layout.md's rules: the root holds only the shared leaves, and only prefgen/ledger
+    touches a ledger (prefgen/sql runs the users' databases, which is its job)."""
+    root = {p.name for p in (ROOT / "prefgen").glob("*.py")}
+    assert root == {"__init__.py", "__main__.py", "config.py", "errors.py", "paths.py", "units.py"}
+    offenders = []
+    for path in (ROOT / "prefgen").rglob("*.py"):
+        relative = path.relative_to(ROOT).as_posix()
+        if relative.startswith(("prefgen/ledger/", "prefgen/sql/")):
+            continue
+        text = path.read_text(encoding="utf-8")
+        if re.search(r"^\s*(import sqlite3|import sqlite_utils|from sqlite_utils)", text, re.M) or ".db." in text:
+            offenders.append(relative)
+    assert not offenders, f"only prefgen/ledger may touch a ledger's database: {offenders}"

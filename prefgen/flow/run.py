@@ -33,7 +33,6 @@ from prefgen.flow.settle import Settled, attempt_rule
 from prefgen.ledger import keys
 from prefgen.ledger.answers import answer_sources
 from prefgen.ledger.store import Ledger
-from prefgen.resume.fingerprint import fingerprint_of
 from prefgen.runtime.faults import fault_point
 from prefgen.runtime.signals import StopSignals
 from prefgen.units import RETRIED_STATUSES, WorkUnit
@@ -172,7 +171,7 @@ class Run:
 
         summary = self.summary
         summary.answers = answer_sources(self.ledger)
-        summary.golds = golds_data(self.ledger, fingerprint_of(self.cfg))
+        summary.golds = golds_data(self.ledger, self.ledger.fingerprint() or {})  # recorded by resume()
         return summary
 
 

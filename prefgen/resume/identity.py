@@ -22,6 +22,7 @@ from pathlib import Path
 from prefgen.config import GenerateConfig, looks_local
 from prefgen.errors import SettingsMismatch
 from prefgen.ledger import keys
+from prefgen.resume.fingerprint import changed
 
 log = logging.getLogger("prefgen")
 
@@ -142,14 +143,10 @@ def check_identity(ledger, cfg: GenerateConfig, replace: bool = False) -> None:
         ledger.update_meta({keys.GENERATION_IDENTITY: identity})
         return
     names = {"base": cfg.base_model, "adapter": cfg.adapter_path}
-    changed = [
-        describe(key, stored.get(key), identity.get(key), names)
-        for key in sorted(set(stored) | set(identity))
-        if stored.get(key) != identity.get(key)
-    ]
-    if changed:
+    differing = [describe(key, stored.get(key), identity.get(key), names) for key in sorted(changed(stored, identity))]
+    if differing:
         raise SettingsMismatch(
-            f"{ledger.path}: " + "; ".join(changed),
+            f"{ledger.path}: " + "; ".join(differing),
             hint="the text would come from another model: pass a new --output (or --ledger) to start a separate run",
         )
 
