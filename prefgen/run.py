@@ -159,6 +159,10 @@ def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True, e
     `engine` is an already loaded Engine to use instead of loading the model (benchmarks).
     """
     output, ledger_path = cfg.output_path, cfg.ledger_path
+    if cfg.executor == "ray":
+        from prefgen.executors.ray import require_ray
+
+        require_ray()  # before anything is touched: Ray not installed is a one-line error
     check_writable(output, "--output")
     check_writable(ledger_path, "--ledger")
     with exclusive(output), exclusive(ledger_path), StopSignals() as stop:
@@ -213,7 +217,8 @@ class GenerateRun:
                 return self.report(summary)
             self.run_id = ledger.start_run(cfg.settings(), argv)
             try:
-                summary.done_now = self.run_batches(summary, chain([first], units), engine)
+                run_units = self.run_on_ray if cfg.executor == "ray" else self.run_batches
+                summary.done_now = run_units(summary, chain([first], units), engine)
             except Interrupted as exc:
                 ledger.end_run(self.run_id, "interrupted", reason=str(exc))
                 raise
@@ -320,6 +325,12 @@ class GenerateRun:
             if owned and loaded is not None:
                 loaded.close()
         return pipeline.done
+
+    def run_on_ray(self, summary: Summary, units: Iterator[WorkUnit], engine: Engine | None = None) -> int:
+        """--executor ray: the pending units as blocks over a Ray cluster (executors/ray.py)."""
+        from prefgen.executors.ray import run_on_ray
+
+        return run_on_ray(self, summary, units)
 
     def loop(self, pipeline: CommitPipeline, units: Iterator[WorkUnit], rows: BatchRows, overlap: bool) -> None:
         """Batch after batch of the pending units, then of the further attempts their commits
