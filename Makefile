@@ -55,7 +55,7 @@ GEN_BIN := $(BIN)
 GEN_STAMP := $(STAMP)
 endif
 
-.PHONY: generate test check check-clients check-vllm check-ray status browse bench bench-engines venv clean
+.PHONY: generate test check check-clients check-vllm check-ray bench-ray status browse bench bench-engines venv clean
 
 venv: $(STAMP)
 
@@ -91,6 +91,12 @@ browse: $(STAMP)
 # BENCH_ARGS, e.g. "--model /models/x --device cuda --batch-size 64", are passed through.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+	$(MAKE) bench-ray
+
+# The same units locally and with --executor ray on a Ray of its own (1 and 2 CPU workers), in .venv-ray.
+RAY_BENCH_ARGS ?= --samples 48 --rejects 4 --max-new-tokens 32 --batch-size 16
+bench-ray: $(RAY_STAMP)
+	$(RAY_VENV)/bin/python benchmarks/bench.py --only ray $(RAY_BENCH_ARGS) $(BENCH_ARGS)
 
 # The vLLM engine (d) against bare vLLM (e) and the transformers engine (a), in .venv-vllm.
 bench-engines: $(VLLM_STAMP)

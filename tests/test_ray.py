@@ -86,6 +86,8 @@ def test_executed_onpolicy_with_further_attempts_as_locally(cluster, workdir, ti
     run_cli(generate_args(tiny_model, sample_data, local, **flags))
     run_cli(generate_args(tiny_model, sample_data, out, **ray_flags(cluster, block_units=3, **flags)))
     assert_same_as_local(out, local)
+    assert len(ledger_units(out)) > 12  # further attempts were made, in waves
+    assert query(str(out) + ".ledger.sqlite", "select count(*) as n from pairs")[0]["n"] > 0
 
 
 def test_a_worker_node_killed_mid_run_costs_its_block_only(cluster, workdir, tiny_model, sample_data):
@@ -102,7 +104,7 @@ def test_a_worker_node_killed_mid_run_costs_its_block_only(cluster, workdir, tin
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     assert_same_as_local(out, local)
-    assert "engine worker lost" in stderr
+    assert "engine worker lost" in stderr, stderr
 
 
 def test_the_driver_killed_resumes_and_leaves_no_ray_behind(cluster, workdir, tiny_model, sample_data, ray_tmp):

@@ -85,7 +85,9 @@ def run_on_ray(run: flow.GenerateRun, summary: flow.Summary, units: Iterable[Wor
         high = high or max(low, default_workers(cfg))
         where = "a Ray of its own" if own else cluster_address(cfg)
         log.info("--executor ray on %s: %d-%d engine workers, blocks of %d units", where, low, high, cfg.block_size)
-        pool = WorkerPool(flow.worker_config(cfg), low, high, cfg.worker_gpus, lambda info: on_ready(run, info))
+        # CPU engines on a Ray of the run's own share this machine's cores (more threads would only contend)
+        threads = max(1, (os.cpu_count() or 1) // high) if own and cfg.device == "cpu" else 0
+        pool = WorkerPool(flow.worker_config(cfg), low, high, cfg.worker_gpus, lambda info: on_ready(run, info), threads)
         try:
             pool.start()
             pool.wait_for_minimum(float(os.environ.get(WAIT_VAR, DEFAULT_WAIT_S)))

@@ -145,6 +145,8 @@ class Scheduler:
             self.retry(task, exc)
             return
         self.pool.free(actor)
+        if not self.stopping:
+            self.dispatch()  # the worker takes its next block before this one is judged and committed
         for count, half in backoffs:
             log.warning("out of memory with %d rows: retrying as batches of %d", count, half)
             flow.record_event(self.run, "oom_backoff", {"rows": count, "retry_rows": half, "block": task.block.index})

@@ -27,8 +27,9 @@ NOTICE_S = 30.0  # how often "still waiting for workers" is said
 class WorkerPool:
     """Engine workers (EngineWorker actors): starting, idle and busy."""
 
-    def __init__(self, cfg, low: int, high: int, gpus: float, on_ready: Callable[[dict], None]):
+    def __init__(self, cfg, low: int, high: int, gpus: float, on_ready: Callable[[dict], None], threads: int = 0):
         self.cfg, self.low, self.high, self.gpus, self.on_ready = cfg, low, high, gpus, on_ready
+        self.threads = threads  # torch threads of a CPU engine (0: Ray's default)
         self.starting: dict = {}  # ref of info() -> actor
         self.ready: list = []  # actors that loaded their engine (busy or idle)
         self.idle: deque = deque()
@@ -45,7 +46,7 @@ class WorkerPool:
 
     def spawn(self) -> None:
         cpus = 0 if self.gpus else 1  # a GPU worker is placed by its GPUs; judging gets the CPUs
-        actor = EngineWorker.options(num_gpus=self.gpus, num_cpus=cpus).remote(self.cfg)
+        actor = EngineWorker.options(num_gpus=self.gpus, num_cpus=cpus).remote(self.cfg, self.threads)
         self.starting[actor.info.remote()] = actor
 
     def tick(self) -> None:

@@ -21,9 +21,13 @@ class EngineWorker:
     """One engine, loaded once; answers blocks of units. Its batch size is found on the first
     block with --batch-size auto, and lowered after an out-of-memory backoff, as locally."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, threads: int = 0):
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s prefgen worker: %(message)s")
         self.cfg = cfg
+        if threads:  # a CPU engine: Ray would give it the one thread of its logical CPU
+            import torch
+
+            torch.set_num_threads(threads)
         self.engine = flow.load_engine(cfg)
         self.rows = 0
 
