@@ -190,3 +190,10 @@ def assert_gone(pid: int, timeout: float = 30) -> None:
             return
         assert time.monotonic() < deadline, f"left behind: {left}"
         time.sleep(0.5)
+
+
+def test_workers_the_cluster_cannot_place_are_a_clear_error(cluster, workdir, tiny_model, sample_data, monkeypatch):
+    monkeypatch.setenv("PREFGEN_RAY_WAIT_S", "3")
+    flags = ray_flags(cluster, gpus_per_worker=4, workers="1")
+    result = run_cli(generate_args(tiny_model, sample_data, workdir / "out.jsonl", **flags), expect=1)
+    assert "only 0 of the 1 engine workers" in result.output and "each asks 4 GPU(s)" in result.output
