@@ -26,8 +26,8 @@ from pathlib import Path
 import click
 
 from prefgen.config import GenerateConfig
-from prefgen.plan import plan_units
-from prefgen.records import iter_records
+from prefgen.flow.plan import plan_units
+from prefgen.flow.records import iter_records
 
 SAMPLE = Path(__file__).resolve().parent.parent / "examples" / "spider_en" / "department_store_alpaca.json"
 DB_ROOT = SAMPLE.parent / "db"
@@ -84,7 +84,7 @@ def bench_config(model, data: Path, work: Path, samples, rejects, max_new_tokens
 def timed_prefgen(cfg: GenerateConfig, engine) -> tuple[float, int, int]:
     """(seconds, units, new tokens) of an end-to-end prefgen run with a loaded engine."""
     from prefgen.ledger.store import Ledger
-    from prefgen.run import generate
+    from prefgen.flow.run import generate
 
     started = time.perf_counter()
     summary = generate(cfg, ["bench"], show_progress=False, engine=engine)
@@ -139,7 +139,7 @@ def timed_old_script(engine, cfg: GenerateConfig) -> tuple[float, int, int]:
 
 def timed_bare_batches(engine, cfg: GenerateConfig) -> tuple[float, int, int]:
     """(c): batched generate on prefgen's batches, nothing recorded or written."""
-    from prefgen.batching import batches
+    from prefgen.flow.batching import batches
 
     units = plan_units(iter_records(cfg.sft_data, cfg.max_samples), cfg.num_rejects, cfg.seed)
     planned = list(
@@ -335,7 +335,7 @@ def verify_variants(work: Path) -> dict:
     from collections import Counter
 
     from prefgen.config import CheckPolicy
-    from prefgen.files.verify import judge_pair, verify_file
+    from prefgen.tools.verify import judge_pair, verify_file
     from prefgen.sql.workers import Checker
 
     sets = {

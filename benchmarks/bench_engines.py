@@ -24,8 +24,8 @@ import click
 from bench import bench_config, print_table, row, sample_records, timed_prefgen, write_json
 
 from prefgen.config import GenerateConfig
-from prefgen.plan import plan_units
-from prefgen.records import iter_records
+from prefgen.flow.plan import plan_units
+from prefgen.flow.records import iter_records
 
 
 def bare_vllm(cfg: GenerateConfig, prompts: list[list[int]], seeds: list[int]) -> tuple[float, int, int]:

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from prefgen.config import GenerateConfig  # noqa: E402
-from prefgen.plan import plan_units  # noqa: E402
+from prefgen.flow.plan import plan_units  # noqa: E402
 from prefgen.units import Record  # noqa: E402
 
 REAL = dict(hidden=2048, moe_intermediate=768, experts=128, active=8, heads=32, kv_heads=4, head_dim=128, vocab=151936)
@@ -120,7 +120,7 @@ def bare_vllm(cfg: GenerateConfig, units: list) -> dict:
 
     from prefgen.engines.loading import load_tokenizer
     from prefgen.engines.vllm import engine_args, prepare_environment
-    from prefgen.prompts import PromptBuilder
+    from prefgen.flow.prompts import PromptBuilder
 
     prepare_environment(cfg)
     build = PromptBuilder(load_tokenizer(cfg.base_model), cfg.system)

@@ -25,7 +25,7 @@ TARGET_1_WORKER = 0.7
 def timed(cfg) -> tuple[float, float, int, int]:
     """(wall seconds, seconds after the first engine was ready, units, blocks) of one run."""
     from prefgen.ledger.store import Ledger
-    from prefgen.run import generate
+    from prefgen.flow.run import generate
 
     started, wall_start = time.perf_counter(), time.time()
     summary = generate(cfg, ["bench"], show_progress=False)

@@ -45,8 +45,8 @@ def sparse_model_dir(model: str, directory: Path, shards: int = 4) -> Path:
 def reuse_comparison(cfg, work: Path) -> dict:
     """Seconds of (a) the original generation, (b) the re-judged run reusing its answers, and
     (c) the identity check on a 40 GB (sparse) model directory."""
-    from prefgen.identity import model_identity
-    from prefgen.run import generate
+    from prefgen.resume.identity import model_identity
+    from prefgen.flow.run import generate
 
     original = replace(cfg, output=str(work / "reuse-original.jsonl"))
     started = time.perf_counter()

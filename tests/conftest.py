@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from prefgen.cli import cli
 from prefgen.config import GenerateConfig
-from prefgen.run import generate
+from prefgen.flow.run import generate
 from prefgen.runtime import faults
 
 ROOT = Path(__file__).resolve().parent.parent

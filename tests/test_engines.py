@@ -170,8 +170,8 @@ def test_max_model_len_bounds_the_transformers_engine_too(tiny_model, workdir, c
 def test_new_tokens_stop_where_the_context_is_full(tiny_model):
     """As vLLM does: a prompt that fits leaves room for its new tokens up to the context."""
     from prefgen.engines import load_engine
-    from prefgen.plan import plan_units
-    from prefgen.records import iter_records
+    from prefgen.flow.plan import plan_units
+    from prefgen.flow.records import iter_records
 
     units = list(plan_units(iter_records(SAMPLE, limit=1), num_rejects=2, seed=5))
     free = load_engine(tiny_config(tiny_model, max_new_tokens=12, temperature=1.0))

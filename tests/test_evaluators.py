@@ -117,7 +117,7 @@ def test_what_every_profile_agrees_on(evaluator):
 
 
 def test_a_disputed_candidate_is_never_a_reject_nor_a_chosen():
-    from prefgen.judge import candidate_role
+    from prefgen.flow.judge import candidate_role
 
     swapped = G10.replace("T2.product_type_code ,  T2.product_name", "T2.product_name, T2.product_type_code")
     disputed = judged(G10, swapped, "both")

@@ -100,8 +100,8 @@ def test_trl_export_loads_with_trl_and_trains_one_dpo_step(workdir, pairs, tiny_
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl.data_utils import is_conversational, maybe_apply_chat_template
 
-    from prefgen.prompts import PromptBuilder
-    from prefgen.records import iter_records
+    from prefgen.flow.prompts import PromptBuilder
+    from prefgen.flow.records import iter_records
 
     run_cli(["export", str(pairs), "--format", "trl", "--to", str(workdir / "trl")])
     dataset = datasets.load_dataset("json", data_files=str(workdir / "trl" / "pairs.jsonl"), split="train")

@@ -1,6 +1,6 @@
 import pytest
 
-from prefgen.extract import extract_sql
+from prefgen.flow.extract import extract_sql
 
 
 @pytest.mark.parametrize(

@@ -164,8 +164,8 @@ def test_tokenizer_without_chat_template_falls_back_with_a_warning(workdir, tiny
 def test_prompt_is_instruction_newline_input_in_the_chat_template(tiny_model):
     from transformers import AutoTokenizer
 
-    from prefgen.prompts import PromptBuilder
-    from prefgen.records import validate
+    from prefgen.flow.prompts import PromptBuilder
+    from prefgen.flow.records import validate
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     record = validate("mem", 0, {"instruction": "Answer.", "input": "Q: how many?", "output": "SELECT 1"})

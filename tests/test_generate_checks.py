@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, ScriptedEngine, generate_args, query, read_jsonl, run, run_cli, start, write_records
 
 from prefgen.config import GenerateConfig
-from prefgen.run import generate
+from prefgen.flow.run import generate
 
 DB_ROOT = ROOT / "examples" / "spider_en" / "db"
 DB_FILE = DB_ROOT / "department_store" / "department_store.sqlite"
@@ -273,7 +273,7 @@ def test_changing_the_db_root_of_a_run_is_refused(workdir, tiny_model, sample_da
 
 
 def test_the_attempts_rule_finishes_a_cut_wave_and_retries_before_anything_else():
-    from prefgen.attempts import AttemptRule
+    from prefgen.flow.attempts import AttemptRule
 
     def units(*statuses):
         return {attempt: {"status": status} for attempt, status in enumerate(statuses)}

@@ -7,7 +7,7 @@ import struct
 import orjson
 from conftest import generate_args, query, read_jsonl, run_cli
 
-from prefgen.identity import META_KEY, model_identity, safetensors_header
+from prefgen.resume.identity import META_KEY, model_identity, safetensors_header
 
 
 def make_adapter(model_path, directory, seed):

@@ -3,9 +3,9 @@
 import pytest
 from conftest import generate_args, query, read_jsonl, run_cli, write_records
 
-from prefgen.judge import judge_batch
-from prefgen.plan import plan_units
-from prefgen.records import validate
+from prefgen.flow.judge import judge_batch
+from prefgen.flow.plan import plan_units
+from prefgen.flow.records import validate
 from prefgen.sql.normalize import normalize_sql
 from prefgen.units import Answer
 

@@ -24,8 +24,8 @@ from conftest import (
 
 from prefgen.config import GenerateConfig
 from prefgen.errors import ConfigError
-from prefgen.pairing import Candidate, form_pairs
-from prefgen.run import generate
+from prefgen.flow.pairing import Candidate, form_pairs
+from prefgen.flow.run import generate
 from prefgen.runtime import faults
 
 

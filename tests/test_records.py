@@ -4,7 +4,7 @@ import pytest
 from conftest import SAMPLE, generate_args, run_cli, write_records
 
 from prefgen.errors import InputError
-from prefgen.records import count_records, iter_records, record_hash
+from prefgen.flow.records import count_records, iter_records, record_hash
 
 
 def test_sample_is_streamed_with_extra_fields_kept():

@@ -20,7 +20,7 @@ from conftest import (
 
 import prefgen.engines
 from prefgen.config import GenerateConfig
-from prefgen.run import generate
+from prefgen.flow.run import generate
 
 
 def fail_to_load(cfg):

@@ -6,8 +6,8 @@ from conftest import SAMPLE
 
 from prefgen.config import GenerateConfig
 from prefgen.engines.sampling import choose_tokens, top_p_filter, uniform_noise
-from prefgen.plan import plan_units
-from prefgen.records import iter_records
+from prefgen.flow.plan import plan_units
+from prefgen.flow.records import iter_records
 
 
 def test_noise_is_a_pure_function_of_seed_step_and_token():

@@ -8,8 +8,8 @@ import sys
 import pytest
 from conftest import ROOT, generate_args, read_jsonl, run, run_cli
 
-from prefgen.batching import batches
-from prefgen.plan import plan_units
+from prefgen.flow.batching import batches
+from prefgen.flow.plan import plan_units
 from prefgen.units import Record
 
 
@@ -129,7 +129,7 @@ def test_batch_size_auto_on_cpu_stops_at_its_limit(workdir, tiny_model, sample_d
 
 
 def test_auto_batch_size_shrinks_after_an_oom_backoff():
-    from prefgen.run import BatchRows
+    from prefgen.flow.run import BatchRows
 
     class Ledger:
         events = []

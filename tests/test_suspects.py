@@ -24,7 +24,7 @@ from conftest import (
 from prefgen.config import GenerateConfig
 from prefgen.errors import ConfigError
 from prefgen.runtime import faults
-from prefgen.suspects import suspicion
+from prefgen.flow.suspects import suspicion
 
 ROW = {"status": "written", "verdict": "wrong_result", "verdict_detail": "", "result_digest": "a", "variant": None}
 
@@ -100,7 +100,7 @@ def test_a_failing_gold_is_suspect(workdir):
     cfg = dict(num_rejects=2, db_root=str(DB_ROOT), device="cpu", batch_size=3, pairs="gold")
     from conftest import ScriptedEngine
 
-    from prefgen.run import generate
+    from prefgen.flow.run import generate
 
     config = GenerateConfig(base_model="scripted", sft_data=str(data), output=str(out), **cfg)
     generate(config, ["test"], show_progress=False, engine=ScriptedEngine(lambda s, a: [GOLD, WRONG][a]))

@@ -21,7 +21,7 @@ from conftest import (
 )
 
 from prefgen.config import DEFAULT_DB_VARIANTS, CheckPolicy, GenerateConfig
-from prefgen.run import generate
+from prefgen.flow.run import generate
 from prefgen.sql import variants
 from prefgen.sql.workers import Checker
 

@@ -215,7 +215,7 @@ def test_verdicts_on_variants_of_every_shipped_gold_query():
     from bench import gold_variants
 
     from prefgen.config import CheckPolicy
-    from prefgen.files.verify import judge_pair
+    from prefgen.tools.verify import judge_pair
     from prefgen.sql.workers import Checker
 
     table = Counter()

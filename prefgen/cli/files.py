@@ -41,7 +41,7 @@ def repair(output, ledger):
     Example:
       prefgen repair --output pairs.jsonl
     """
-    from prefgen.files.repair import repair_output
+    from prefgen.tools.repair import repair_output
 
     lines = repair_output(output, ledger)
     click.echo(f"Rebuilt {output} from the ledger: {lines} lines.")
@@ -64,7 +64,7 @@ def merge(output, world_size):
     Example:
       prefgen merge --output pairs.jsonl --world-size 8
     """
-    from prefgen.files.merge import merge_parts
+    from prefgen.tools.merge import merge_parts
 
     count = merge_parts(output, world_size)
     click.echo(f"Merged {world_size} parts into {output}: {count} lines.")
@@ -93,7 +93,7 @@ def export(pairs, fmt, directory, name, system, skip_suspect):
       prefgen export pairs.jsonl --format trl --to exports/
       prefgen export pairs.jsonl --format kto --to exports/
     """
-    from prefgen.files.export import export_pairs
+    from prefgen.tools.export import export_pairs
 
     if system is None:
         system = run_system_prompt(pairs)
@@ -139,7 +139,7 @@ def verify(pairs, output, **options):
       prefgen verify pairs.jsonl --db-root spider/database --output verified.jsonl
     """
     from prefgen.config import CheckPolicy
-    from prefgen.files.verify import format_summary, verify_file
+    from prefgen.tools.verify import format_summary, verify_file
 
     policy = CheckPolicy(**options)
     summary = verify_file(pairs, output, policy)
@@ -174,7 +174,7 @@ def pair(candidates, output, num_pairs, answer, fallback, **options):
       prefgen pair answers.jsonl --db-root spider/database --output pairs.jsonl --num-rejects 2
     """
     from prefgen.config import CheckPolicy
-    from prefgen.files.pair import format_pair_summary, pair_file
+    from prefgen.tools.pair import format_pair_summary, pair_file
 
     for name in ("drop_timeout", "drop_unverifiable"):  # on-policy: only verified answers pair
         options[name] = True if options[name] is None else options[name]

@@ -230,7 +230,7 @@ def generate(no_progress, **options):
       prefgen generate --config run.yaml --batch-size 4
     """
     from prefgen.config import GenerateConfig
-    from prefgen.run import generate as run_generate
+    from prefgen.flow.run import generate as run_generate
 
     cfg = GenerateConfig(**options)
     target = part_path(Path(cfg.output), cfg.rank, cfg.world_size)
@@ -255,7 +255,7 @@ def generate(no_progress, **options):
             write_json_output(summary.output, target)
     answers = summary.answers
     if answers and (answers["reused"] or answers["regenerated"]):  # --reuse-answers, or a raised cap
-        from prefgen.reuse import reuse_line
+        from prefgen.resume.reuse import reuse_line
 
         click.echo(reuse_line(answers))
     if cfg.db_root:

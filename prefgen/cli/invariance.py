@@ -51,7 +51,7 @@ def check_invariance(samples, **options):
         --adapter-path /saves/lora --sft-data data.json --batch-size 64 --max-new-tokens 512
     """
     from prefgen.config import GenerateConfig
-    from prefgen.invariance import check_invariance as run_check
+    from prefgen.engines.invariance import check_invariance as run_check
 
     if samples < 1:
         raise click.BadParameter("must be at least 1", param_hint="--samples")

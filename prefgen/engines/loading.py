@@ -79,7 +79,7 @@ class TokenizerSide:
     def init_tokenizer(self, tokenizer, system: str, eos_ids: list[int], context: int = 0) -> None:
         """Take the tokenizer, the system prompt, the tokens that end an answer and the context
         a prompt must fit (0: no limit)."""
-        from prefgen.prompts import PromptBuilder
+        from prefgen.flow.prompts import PromptBuilder
 
         self.tokenizer = tokenizer
         self.prompt = PromptBuilder(tokenizer, system)

@@ -1,2 +1,3 @@
-"""How `prefgen generate` runs its pending units: `local` (prefgen/run.py's own loop) or `ray`
-(ray.py: one run over a Ray cluster). flow.py is the one place the Ray executor calls the flow."""
+"""executors: how `prefgen generate` runs its pending units: `local` (local.py, the loop of
+prefgen/flow/run.py) or `ray` (ray.py: one run over a Ray cluster; ray_flow.py is the one place
+it calls the flow's steps)."""

@@ -1,7 +1,7 @@
 """`prefgen generate --executor ray`: one run over a Ray cluster.
 
 The driver (this process) does what a local run does up to the pending units (lock, ledger,
-fingerprint, reconcile: prefgen/run.py), then hands them out as blocks of whole samples to
+fingerprint, reconcile: prefgen/flow/run.py), then hands them out as blocks of whole samples to
 engine workers, Ray actors that each hold one prefgen engine (ray_workers.py, ray_pool.py); with
 --db-root each generated block is judged by a Ray task on a CPU; the driver settles samples
 (gold checks, on-policy pairs, further attempts) and commits whole blocks in order with
@@ -22,7 +22,7 @@ import os
 from typing import Iterable, Iterator
 
 from prefgen.errors import ConfigError
-from prefgen.executors import flow
+from prefgen.executors import ray_flow as flow
 from prefgen.units import WorkUnit
 
 log = logging.getLogger("prefgen")

@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import ray
 
 from prefgen.errors import CheckError, PrefgenError
-from prefgen.executors import flow
+from prefgen.executors import ray_flow as flow
 from prefgen.executors.ray_pool import LOST, WorkerPool
 from prefgen.executors.ray_workers import judge_block
 from prefgen.units import WorkUnit

@@ -1,7 +1,7 @@
 """What runs on the cluster: engine workers (Ray actors, each holding one prefgen engine) and
 the judging stage (a Ray task on a CPU, so that executing SQL never holds a GPU).
 
-Both only call prefgen's own steps (executors/flow.py); what they return (Answers, Judged
+Both only call prefgen's own steps (executors/ray_flow.py); what they return (Answers, Judged
 units) are the flow's plain dataclasses.
 """
 
@@ -11,7 +11,7 @@ import logging
 
 import ray
 
-from prefgen.executors import flow
+from prefgen.executors import ray_flow as flow
 
 _checkers: dict = {}  # CheckPolicy -> Checker, per worker process: connections and golds reused
 

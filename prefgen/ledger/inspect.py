@@ -11,7 +11,7 @@ import orjson
 
 from prefgen.ledger.store import Ledger
 from prefgen.ledger.views import RECENT_MINUTES
-from prefgen.reuse import answer_sources, reuse_line
+from prefgen.resume.reuse import answer_sources, reuse_line
 
 
 def human_number(value: float) -> str:

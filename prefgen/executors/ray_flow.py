@@ -1,6 +1,6 @@
 """The one place the Ray executor calls into prefgen's flow: load an engine, generate a block
 with it, judge a block, settle samples and commit. Everything here is the local run's own code
-(prefgen/run.py, pipeline.py, judge.py, commit.py, sql/workers.py), reached through these few
+(prefgen/flow/run.py, executors/local.py, flow/judge.py, flow/commit.py, sql/workers.py), reached through these few
 functions so that the executor follows the flow wherever its steps live. Imports no Ray.
 """
 
@@ -10,12 +10,12 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from prefgen.batching import batches
-from prefgen.commit import unit_row
 from prefgen.config import GenerateConfig, resolve_model_ref
-from prefgen.judge import judge_batch, with_verdict
-from prefgen.pipeline import OpenSamples, Settled
-from prefgen.run import AUTO_PROBE_RECORDS, GenerateRun, Summary, advance, progress_bar  # noqa: F401
+from prefgen.executors.local import OpenSamples, Settled
+from prefgen.flow.batching import batches
+from prefgen.flow.commit import unit_row
+from prefgen.flow.judge import judge_batch, with_verdict
+from prefgen.flow.run import AUTO_PROBE_RECORDS, GenerateRun, Summary, advance, progress_bar
 from prefgen.units import CANDIDATE, WRITTEN, Answer, Judged, WorkUnit
 
 log = logging.getLogger("prefgen")
@@ -42,7 +42,7 @@ def load_engine(cfg: GenerateConfig):
 
     if not cfg.reuse_answers:
         return load(cfg)
-    from prefgen.reuse import reuse_engine
+    from prefgen.resume.reuse import reuse_engine
 
     return reuse_engine(cfg, lambda: load(cfg))
 

@@ -31,8 +31,8 @@ from itertools import islice
 
 from prefgen.config import MAX_REJECTS, GenerateConfig
 from prefgen.errors import ModelError, PrefgenError
-from prefgen.plan import plan_units
-from prefgen.records import iter_records
+from prefgen.flow.plan import plan_units
+from prefgen.flow.records import iter_records
 
 ALONE, ALONE_CACHED, BATCH, BATCH_CACHED = "alone", "alone, cached", "batch", "batch, cached"
 REFERENCE = ALONE  # every other condition is compared with the unit generated alone
@@ -127,7 +127,7 @@ def measure_in_process_of_its_own(cfg: GenerateConfig, samples: int, mode: str) 
         out = os.path.join(tmp, "result.json")
         job = {"settings": cfg.settings(), "samples": samples, "mode": mode, "out": out}
         process = subprocess.run(
-            [sys.executable, "-m", "prefgen.invariance", json.dumps(job)], stdout=subprocess.DEVNULL,
+            [sys.executable, "-m", "prefgen.engines.invariance", json.dumps(job)], stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True,
         )
         answer = json.loads(open(out).read()) if os.path.exists(out) else {}
@@ -157,7 +157,7 @@ def check_invariance(cfg: GenerateConfig, samples: int) -> list[ModeResult]:
 
 
 def main() -> None:
-    """`python -m prefgen.invariance JOB`: one mode's measurement, for `measure_in_process_of_its_own`."""
+    """`python -m prefgen.engines.invariance JOB`: one mode's measurement, for `measure_in_process_of_its_own`."""
     import logging
 
     job = json.loads(sys.argv[1])

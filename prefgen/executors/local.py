@@ -16,17 +16,17 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Iterable, Iterator
 
-from prefgen.attempts import AttemptRule
-from prefgen.batching import window_start
-from prefgen.commit import OutputJournal, unit_row
+from prefgen.flow.attempts import AttemptRule
+from prefgen.flow.batching import window_start
+from prefgen.flow.commit import OutputJournal, unit_row
 from prefgen.config import LENIENT, GenerateConfig
 from prefgen.engines.base import Engine
-from prefgen.judge import judge_batch, with_verdict
+from prefgen.flow.judge import judge_batch, with_verdict
 from prefgen.ledger.store import Ledger
-from prefgen.pairing import SamplePairs, candidate_from_row, form_pairs, model_pairs
-from prefgen.plan import attempt_units
+from prefgen.flow.pairing import SamplePairs, candidate_from_row, form_pairs, model_pairs
+from prefgen.flow.plan import attempt_units
 from prefgen.runtime.faults import fault_point
-from prefgen.suspects import gold_check
+from prefgen.flow.suspects import gold_check
 from prefgen.units import CANDIDATE, GOLD_SUSPECT, WRITTEN, Judged, Record, WorkUnit
 
 VERDICT_BACKLOG = 2  # batches judged but waiting for execution verdicts before we wait for them

@@ -24,18 +24,18 @@ from typing import Iterator
 
 import orjson
 
-from prefgen import raise_cap
-from prefgen.batching import batches
-from prefgen.commit import OutputJournal
+from prefgen.resume import raise_cap
+from prefgen.flow.batching import batches
+from prefgen.flow.commit import OutputJournal
 from prefgen.config import GenerateConfig
 from prefgen.engines.base import Engine
 from prefgen.errors import Interrupted, OutputError
-from prefgen.identity import check_identity
+from prefgen.resume.identity import check_identity
 from prefgen.ledger.store import Ledger
-from prefgen.pending import pending_units, scan_records
-from prefgen.pipeline import CommitPipeline, OpenSamples, attempt_rule
-from prefgen.plan import plan_units, shard
-from prefgen.records import iter_records, require_string_field
+from prefgen.flow.pending import pending_units, scan_records
+from prefgen.executors.local import CommitPipeline, OpenSamples, attempt_rule
+from prefgen.flow.plan import plan_units, shard
+from prefgen.flow.records import iter_records, require_string_field
 from prefgen.runtime.faults import fault_point
 from prefgen.runtime.lock import exclusive
 from prefgen.units import RETRIED_STATUSES, WorkUnit
@@ -235,7 +235,7 @@ class GenerateRun:
         """The summary with the answers' sources and the gold checks, read while the run's own
         connection is open (a read-only one opened after it would leave the WAL files behind)."""
         from prefgen.ledger.inspect import golds_data
-        from prefgen.reuse import answer_sources
+        from prefgen.resume.reuse import answer_sources
 
         summary.answers = answer_sources(self.ledger.db)
         summary.golds = golds_data(self.ledger.db, self.cfg.fingerprint())
@@ -271,7 +271,7 @@ class GenerateRun:
 
     def reuse_engine(self, load_engine) -> Engine:
         """--reuse-answers: the earlier run's answers; the model is loaded only for what it lacks."""
-        from prefgen.reuse import reuse_engine
+        from prefgen.resume.reuse import reuse_engine
 
         return reuse_engine(self.cfg, lambda: load_engine(self.cfg))
 
@@ -327,7 +327,7 @@ class GenerateRun:
         return pipeline.done
 
     def run_on_ray(self, summary: Summary, units: Iterator[WorkUnit], engine: Engine | None = None) -> int:
-        """--executor ray: the pending units as blocks over a Ray cluster (executors/ray.py)."""
+        """--executor ray: the pending units as blocks over a Ray cluster (prefgen/executors/ray.py)."""
         from prefgen.executors.ray import run_on_ray
 
         return run_on_ray(self, summary, units)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from prefgen.commit import check_committed
+from prefgen.flow.commit import check_committed
 from prefgen.errors import OutputError
 from prefgen.files.atomic import atomic_write
 from prefgen.files.json_output import write_json_array

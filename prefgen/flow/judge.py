@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from prefgen.extract import extract_sql
+from prefgen.flow.extract import extract_sql
 from prefgen.sql.normalize import dedup_key, normalize_sql
 from prefgen.units import (
     CANDIDATE,

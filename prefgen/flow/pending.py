@@ -9,10 +9,10 @@ from __future__ import annotations
 from itertools import groupby, islice
 from typing import Iterable, Iterator
 
-from prefgen.attempts import AttemptRule
+from prefgen.flow.attempts import AttemptRule
 from prefgen.errors import ChangedInput
 from prefgen.ledger.store import Ledger
-from prefgen.plan import attempt_units
+from prefgen.flow.plan import attempt_units
 from prefgen.sql.normalize import dedup_key
 from prefgen.units import CANDIDATE_STATUSES, Record, WorkUnit
 

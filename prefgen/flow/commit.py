@@ -22,7 +22,7 @@ import orjson
 from prefgen.config import execution_reward
 from prefgen.errors import OutputError
 from prefgen.ledger.store import Ledger
-from prefgen.pairing import GOLD, MODEL, Pair, SamplePairs, pair_fields
+from prefgen.flow.pairing import GOLD, MODEL, Pair, SamplePairs, pair_fields
 from prefgen.runtime.faults import fault_point
 from prefgen.units import CHOSEN, REJECTED, WRITTEN, Judged
 

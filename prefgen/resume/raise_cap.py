@@ -28,7 +28,7 @@ import orjson
 from prefgen.config import GenerateConfig
 from prefgen.errors import OutputError, SettingsMismatch
 from prefgen.files.atomic import atomic_write, fsync_directory
-from prefgen.identity import META_KEY, generation_identity
+from prefgen.resume.identity import META_KEY, generation_identity
 from prefgen.ledger.store import Ledger
 from prefgen.paths import LEDGER_SUFFIX
 from prefgen.runtime.faults import fault_point

@@ -29,7 +29,7 @@ import orjson
 from prefgen.config import GENERATION_FIELDS, GenerateConfig
 from prefgen.engines.base import Backoff, Engine
 from prefgen.errors import ConfigError, SettingsMismatch
-from prefgen.identity import META_KEY, generation_identity
+from prefgen.resume.identity import META_KEY, generation_identity
 from prefgen.paths import LEDGER_SUFFIX, ledger_beside
 from prefgen.units import GENERATED, REGENERATED, REUSED, TOO_LONG, Answer, WorkUnit
 
