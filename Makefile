@@ -5,7 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-# Flags of `prefgen generate`. With no MODEL, a tiny random demo model is built and used.
+# Flags of `prefgen generate` (the table in docs/generate-and-judging.md#through-make lists which
+# flag each sets; ARGS passes any other, e.g. ARGS='--evaluator bird --db-variants 5'). With no
+# MODEL, a tiny random demo model is built and used.
 MODEL ?=
 ADAPTER ?=
 DATA ?= examples/spider_en/department_store_alpaca.json
@@ -23,6 +25,7 @@ DEDUP ?= 1
 MAX_ATTEMPTS ?= 0
 ENGINE ?= transformers
 PAIRS ?= gold
+ARGS ?=
 TINY_MODEL := runs/tiny-model
 ifeq ($(MODEL),)
 MAX_NEW_TOKENS ?= 64
@@ -55,7 +58,7 @@ GEN_BIN := $(BIN)
 GEN_STAMP := $(STAMP)
 endif
 
-.PHONY: generate test check check-clients check-vllm check-ray bench-ray status browse bench bench-engines venv clean
+.PHONY: generate test check check-clients check-vllm check-ray bench-ray status browse bench bench-engines venv clean lint
 
 venv: $(STAMP)
 
@@ -77,7 +80,8 @@ generate: $(GEN_STAMP) $(GEN_DEPS)
 	  --temperature $(TEMPERATURE) --top-p $(TOP_P) --max-samples $(MAX_SAMPLES) \
 	  --batch-size $(BATCH_SIZE) --device $(DEVICE) --system '$(SYSTEM)' \
 	  --max-attempts $(MAX_ATTEMPTS) $(if $(DB_ROOT),--db-root '$(DB_ROOT)') \
-	  $(if $(filter 1,$(DEDUP)),--dedup-rejects) $(if $(filter exact sql,$(DEDUP)),--dedup-rejects $(DEDUP))
+	  $(if $(filter 1,$(DEDUP)),--dedup-rejects) $(if $(filter exact sql,$(DEDUP)),--dedup-rejects $(DEDUP)) \
+	  $(ARGS)
 
 status: $(STAMP)
 	$(BIN)/prefgen ledger status $(if $(LEDGER),'$(LEDGER)','$(OUT)')
@@ -120,8 +124,15 @@ FAST := not slow and not clients and not vllm and not ray
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m '$(FAST)'
 
+# ruff (pinned in .ci/constraints.txt, settings in pyproject.toml): the lint rules, and the code
+# as `ruff format` writes it.
+LINT_PATHS := prefgen tests benchmarks docs
+lint: $(STAMP)
+	$(BIN)/python -m ruff check $(LINT_PATHS)
+	$(BIN)/python -m ruff format --check $(LINT_PATHS)
+
 # Every test: the slow ones with the fast, then the two venv checks (what .ci/run runs).
-check: $(STAMP)
+check: $(STAMP) lint
 	$(BIN)/python -m pytest -q -m 'not clients and not vllm and not ray'
 	$(MAKE) check-clients
 	$(MAKE) check-vllm

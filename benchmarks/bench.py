@@ -66,7 +66,7 @@ def mixed_records(count: int, rng: random.Random) -> list[dict]:
 
 def bench_config(model, data: Path, work: Path, samples, rejects, max_new_tokens, batch_size, device) -> GenerateConfig:
     """The settings every comparison starts from: sampling at 0.7 / 0.9, seed 1234."""
-    return GenerateConfig(
+    return GenerateConfig.from_flags(
         base_model=str(model),
         sft_data=str(data),
         output=str(work / "unused.jsonl"),
@@ -83,8 +83,8 @@ def bench_config(model, data: Path, work: Path, samples, rejects, max_new_tokens
 
 def timed_prefgen(cfg: GenerateConfig, engine) -> tuple[float, int, int]:
     """(seconds, units, new tokens) of an end-to-end prefgen run with a loaded engine."""
+    from prefgen.executors import generate
     from prefgen.ledger.store import Ledger
-    from prefgen.flow.run import generate
 
     started = time.perf_counter()
     summary = generate(cfg, ["bench"], show_progress=False, engine=engine)
@@ -335,8 +335,8 @@ def verify_variants(work: Path) -> dict:
     from collections import Counter
 
     from prefgen.config import CheckPolicy
-    from prefgen.tools.verify import judge_pair, verify_file
     from prefgen.sql.workers import Checker
+    from prefgen.tools.verify import judge_pair, verify_file
 
     sets = {
         "en": (SAMPLE, DB_ROOT),

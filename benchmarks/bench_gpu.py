@@ -129,13 +129,18 @@ def bare_vllm(cfg: GenerateConfig, units: list) -> dict:
     options = engine_args(dict, cfg, cfg.base_model, "cuda" if cfg.device.startswith("cuda") else "cpu")
     options.pop("distributed_executor_backend")
     llm = LLM(**options)
-    params = [SamplingParams(seed=u.seed, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens)
-              for u in units]
+    params = [
+        SamplingParams(seed=u.seed, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens)
+        for u in units
+    ]
     started = time.perf_counter()
     outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "tokens": sum(len(o.outputs[0].token_ids) for o in outputs),
-            "prompt": sum(map(len, prompts)) / len(prompts)}
+    return {
+        "seconds": seconds,
+        "tokens": sum(len(o.outputs[0].token_ids) for o in outputs),
+        "prompt": sum(map(len, prompts)) / len(prompts),
+    }
 
 
 def main(argv=None) -> None:
@@ -160,16 +165,25 @@ def main(argv=None) -> None:
         model = build_model(Path(tmp) / "model", widths, args.layers, dtype)
         dense = dense_parameters(model, widths)
         units = spider_units(args.units, args.rejects, 1234)
-        cfg = GenerateConfig(base_model=str(model), sft_data="-", output="-", batch_size=args.batch_size,
-                             max_new_tokens=args.max_new_tokens, device=args.device, seed=1234)
+        cfg = GenerateConfig.from_flags(
+            base_model=str(model),
+            sft_data="-",
+            output="-",
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            device=args.device,
+            seed=1234,
+        )
         ways = {"transformers engine": lambda: run_engine(cfg, units)}
         if not args.no_vllm and vllm_importable():
-            vcfg = GenerateConfig(**{**cfg.settings(), "engine": "vllm"})
+            vcfg = GenerateConfig.from_flags(**{**cfg.settings(), "engine": "vllm"})
             ways["--engine vllm"] = lambda: run_engine(vcfg, units)
             ways["bare vLLM LLM.generate"] = lambda: bare_vllm(vcfg, units)
-        print(f"Model: Qwen3-MoE {'smoke' if args.smoke else 'real'} widths, {args.layers} layers, {dtype}; "
-              f"{len(units)} units, batch {args.batch_size}, {args.max_new_tokens} new tokens; "
-              f"bandwidth {bandwidth or 'unknown'} TB/s")
+        print(
+            f"Model: Qwen3-MoE {'smoke' if args.smoke else 'real'} widths, {args.layers} layers, {dtype}; "
+            f"{len(units)} units, batch {args.batch_size}, {args.max_new_tokens} new tokens; "
+            f"bandwidth {bandwidth or 'unknown'} TB/s"
+        )
         print(f"  {'way':<26}{'units/s':>10}{'tok/s':>10}{'prompt':>9}{'bound tok/s':>13}{'share':>8}")
         for name, way in ways.items():
             r = way()
@@ -178,8 +192,10 @@ def main(argv=None) -> None:
             bound = args.batch_size * bandwidth * 1e12 / step
             rate = r["tokens"] / r["seconds"]
             share = f"{rate / bound:.0%}" if bandwidth else "-"
-            print(f"  {name:<26}{len(units) / r['seconds']:>10.2f}{rate:>10.1f}{r['prompt']:>9.0f}"
-                  f"{bound if bandwidth else 0:>13.0f}{share:>8}")
+            print(
+                f"  {name:<26}{len(units) / r['seconds']:>10.2f}{rate:>10.1f}{r['prompt']:>9.0f}"
+                f"{bound if bandwidth else 0:>13.0f}{share:>8}"
+            )
 
 
 def dense_parameters(model: Path, widths: dict) -> float:

@@ -24,8 +24,8 @@ TARGET_1_WORKER = 0.7
 
 def timed(cfg) -> tuple[float, float, int, int]:
     """(wall seconds, seconds after the first engine was ready, units, blocks) of one run."""
+    from prefgen.executors import generate
     from prefgen.ledger.store import Ledger
-    from prefgen.flow.run import generate
 
     started, wall_start = time.perf_counter(), time.time()
     summary = generate(cfg, ["bench"], show_progress=False)
@@ -46,16 +46,30 @@ def ray_comparison(cfg, work: Path) -> dict:
     for workers in (1, 2):
         ray_cfg = replace(cfg, output=str(work / f"ray-{workers}.jsonl"), executor="ray", workers=str(workers))
         runs[f"({'bc'[workers - 1]}) ray, {workers} worker(s)"] = timed(ray_cfg)
-    driver = replace(cfg, output=str(work / "ray-driver.jsonl"), executor="ray", workers="2",
-                     reuse_answers=local.output, dedup_rejects="exact")
+    driver = replace(
+        cfg,
+        output=str(work / "ray-driver.jsonl"),
+        executor="ray",
+        workers="2",
+        reuse_answers=local.output,
+        dedup_rejects="exact",
+    )
     runs["(d) ray driver, answers reused"] = timed(driver)
-    click.echo(f"\nRay (--executor ray, its own Ray, CPU): {cfg.max_samples} samples x {cfg.num_rejects} rejects,"
-               f" blocks of {replace(cfg, executor='ray').block_size} units")
+    click.echo(
+        f"\nRay (--executor ray, its own Ray, CPU): {cfg.max_samples} samples x {cfg.num_rejects} rejects,"
+        f" blocks of {replace(cfg, executor='ray').block_size} units"
+    )
     click.echo(f"  {'way':<36} {'wall s':>7} {'units/s':>8} {'steady s':>9} {'units/s':>8}")
     rows = {}
     for name, (wall, steady, units, blocks) in runs.items():
-        rows[name] = {"wall_s": wall, "steady_s": steady, "units": units, "blocks": blocks,
-                      "units_per_s": units / wall, "steady_units_per_s": units / steady}
+        rows[name] = {
+            "wall_s": wall,
+            "steady_s": steady,
+            "units": units,
+            "blocks": blocks,
+            "units_per_s": units / wall,
+            "steady_units_per_s": units / steady,
+        }
         click.echo(f"  {name:<36} {wall:>7.2f} {units / wall:>8.1f} {steady:>9.2f} {units / steady:>8.1f}")
     a, b, c = (rows[n] for n in list(rows)[:3])
     ratios = {
@@ -68,6 +82,8 @@ def ray_comparison(cfg, work: Path) -> dict:
         click.echo(f"  {name:<36} {value:>7.2f}x  {target}")
     per_block = (b["steady_s"] - a["steady_s"]) / max(b["blocks"], 1)
     click.echo(f"  overhead per block (b steady - a steady) / blocks: {1000 * per_block:.1f} ms")
-    click.echo(f"  driver with answers reused: {rows['(d) ray driver, answers reused']['steady_units_per_s']:.0f}"
-               " units/s  (a 64-GPU cluster makes ~800)")
+    click.echo(
+        f"  driver with answers reused: {rows['(d) ray driver, answers reused']['steady_units_per_s']:.0f}"
+        " units/s  (a 64-GPU cluster makes ~800)"
+    )
     return {"rows": rows, "ratios": ratios, "overhead_per_block_s": per_block}

@@ -31,8 +31,14 @@ def sparse_model_dir(model: str, directory: Path, shards: int = 4) -> Path:
     weight_map = {}
     for index in range(shards):
         name = f"model-{index + 1:05d}-of-{shards:05d}.safetensors"
-        tensors = {f"model.layers.{index}.w{t}": {"dtype": "BF16", "shape": [8192, 8192],
-                                                     "data_offsets": [t * 2**27, (t + 1) * 2**27]} for t in range(64)}
+        tensors = {
+            f"model.layers.{index}.w{t}": {
+                "dtype": "BF16",
+                "shape": [8192, 8192],
+                "data_offsets": [t * 2**27, (t + 1) * 2**27],
+            }
+            for t in range(64)
+        }
         header = orjson.dumps(tensors)
         with (directory / name).open("wb") as handle:
             handle.write(struct.pack("<Q", len(header)) + header)
@@ -45,15 +51,16 @@ def sparse_model_dir(model: str, directory: Path, shards: int = 4) -> Path:
 def reuse_comparison(cfg, work: Path) -> dict:
     """Seconds of (a) the original generation, (b) the re-judged run reusing its answers, and
     (c) the identity check on a 40 GB (sparse) model directory."""
+    from prefgen.executors import generate
     from prefgen.resume.identity import model_identity
-    from prefgen.flow.run import generate
 
     original = replace(cfg, output=str(work / "reuse-original.jsonl"))
     started = time.perf_counter()
     generate(original, ["bench"], show_progress=False)
     generation_s = time.perf_counter() - started
-    rejudged = replace(cfg, output=str(work / "reuse-rejudged.jsonl"), dedup_rejects="exact",
-                       reuse_answers=original.output)
+    rejudged = replace(
+        cfg, output=str(work / "reuse-rejudged.jsonl"), dedup_rejects="exact", reuse_answers=original.output
+    )
     started = time.perf_counter()
     generate(rejudged, ["bench"], show_progress=False)
     rejudged_s = time.perf_counter() - started

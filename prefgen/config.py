@@ -13,49 +13,6 @@ from prefgen.paths import journal_of, ledger_beside, part_path
 if TYPE_CHECKING:
     from prefgen.units import Verdict
 
-# Settings that decide what each unit's text is. A resumed run must use the same values,
-# otherwise the file would mix pairs from two different experiments.
-FINGERPRINT_FIELDS = (
-    "base_model",
-    "adapter_path",
-    "sft_data",
-    "seed",
-    "temperature",
-    "top_p",
-    "num_rejects",
-    "max_new_tokens",
-    "system",
-    "dedup_rejects",
-    "rank",
-    "world_size",
-)
-# The part of the fingerprint that decides each unit's text (with --engine, --batch-invariant, --lora
-# and meta generation_identity, identity.py); the rest decides only which lines are written from the
-# same answers (judging): a change there leaves every answer as it was.
-GENERATION_FIELDS = frozenset(
-    ("base_model", "adapter_path", "sft_data", "seed", "temperature", "top_p", "max_new_tokens", "system", "rank",
-     "world_size", "engine", "batch_invariant", "lora")
-)
-# The fields of CheckPolicy below (--db-root). Added later: in the fingerprint only when
-# used, so that older ledgers still resume.
-CHECK_FIELDS = (
-    "db_root",
-    "db_field",
-    "equivalence",
-    "drop_timeout",
-    "drop_unverifiable",
-    "time_limit",
-    "max_rows",
-    "evaluator",
-    "db_variants",
-    "db_variant_max_mb",
-    "gold_suspect",
-    "suspect_share",
-)
-# --pairs onpolicy and how its pairs are made; in the fingerprint only in that mode.
-PAIR_FIELDS = ("pairs", "answer", "fallback")
-
-
 # The choices of every flag that has a fixed set; the CLI offers exactly these.
 MAX_REJECTS = 1000  # seeds are seed + sample*1000 + reject: more rejects would collide
 PAIR_MODES = ("gold", "onpolicy")
@@ -73,9 +30,6 @@ RAY_FIELDS = ("ray_address", "workers", "gpus_per_worker", "block_units")
 # not offered, is the rule of ledgers made before it (rows as sets, columns in any order)
 EVALUATORS = ("spider", "bird", "both")
 DEFAULT_EVALUATOR, LENIENT = "both", "lenient"
-# Judging settings added after the first ledgers: in the fingerprint only when not these values,
-# so that a ledger made before them resumes (its runs keep the rule they were made with).
-CHECK_LEGACY = {"evaluator": LENIENT}
 # --lora (vllm): auto (native LoRA on a GPU where vLLM serves the model's LoRA, merge otherwise),
 # native (a LoRARequest per request), merge (the adapter merged into a cached model directory)
 LORA_MODES = ("auto", "native", "merge")
@@ -96,13 +50,11 @@ def execution_reward(verdict: str | None) -> float | None:
 # --db-variant-max-mb are checked on the original only. 0 variants: off, the rule of older ledgers.
 DEFAULT_DB_VARIANTS = 3
 DEFAULT_DB_VARIANT_MAX_MB = 200.0
-CHECK_LEGACY.update(db_variants=0, db_variant_max_mb=DEFAULT_DB_VARIANT_MAX_MB)
 
 # --gold-suspect: what becomes of a sample whose gold looks wrong (suspects.py): keep (flag it and
 # write its pairs) or skip (no pair). "" is the rule of ledgers made before it: golds not checked.
 GOLD_SUSPECT_MODES = ("keep", "skip")
 DEFAULT_GOLD_SUSPECT, DEFAULT_SUSPECT_SHARE = "keep", 0.5
-CHECK_LEGACY.update(gold_suspect="", suspect_share=DEFAULT_SUSPECT_SHARE)
 
 # Execution limits (--time-limit, --max-rows), shared by generate, verify and pair.
 DEFAULT_TIME_LIMIT = 5.0
@@ -145,29 +97,31 @@ def check_pair_modes(answer: str, fallback: str) -> None:
 
 @dataclass(frozen=True)
 class CheckPolicy:
-    """Where the databases are, how verdicts become keep / drop, and the execution limits."""
+    """The judging settings of --db-root: where the databases are, how verdicts become keep /
+    drop, and the execution limits. Every default is here, once.
 
-    db_root: str
+    `None` is "not given" (the CLI's, and `GenerateConfig.from_flags`'s, for a flag left out) for
+    the settings whose value depends on what is resumed or paired: resume/settings.py resolves
+    them, in one place, before anything is judged."""
+
+    db_root: str = ""  # "": SQL is not executed
     db_field: str = "db_id"
     equivalence: str = "lenient"
-    drop_timeout: bool = False
-    drop_unverifiable: bool = False
+    drop_timeout: bool | None = None  # None: kept as rejects with --pairs gold, neither with onpolicy
+    drop_unverifiable: bool | None = None
     time_limit: float = DEFAULT_TIME_LIMIT
     max_rows: int = DEFAULT_MAX_ROWS
-    evaluator: str = ""  # "": DEFAULT_EVALUATOR
-    db_variants: int | None = DEFAULT_DB_VARIANTS
+    evaluator: str | None = DEFAULT_EVALUATOR  # None: not given (LENIENT for a ledger made before evaluators)
+    db_variants: int | None = DEFAULT_DB_VARIANTS  # None: not given (0 for a ledger made before variants)
     db_variant_max_mb: float = DEFAULT_DB_VARIANT_MAX_MB
-    gold_suspect: str | None = DEFAULT_GOLD_SUSPECT  # "": golds not checked (ledgers made before)
+    gold_suspect: str | None = DEFAULT_GOLD_SUSPECT  # None: not given ("", not checked, for a ledger made before)
     suspect_share: float = DEFAULT_SUSPECT_SHARE
     variant_seed: int = 42  # generate: the run's --seed (variants are drawn from it)
 
     def __post_init__(self):
-        if not self.evaluator:
-            object.__setattr__(self, "evaluator", DEFAULT_EVALUATOR)
-        if self.gold_suspect is None:  # verify and pair: --gold-suspect unset
-            object.__setattr__(self, "gold_suspect", DEFAULT_GOLD_SUSPECT)
-        if self.db_variants is None:  # verify and pair: --db-variants unset
-            object.__setattr__(self, "db_variants", DEFAULT_DB_VARIANTS)
+        if self.evaluator == "":  # an empty value (a config file, the Makefile): not given
+            object.__setattr__(self, "evaluator", None)
+        check_judging(self.evaluator or "", self.gold_suspect or "", self.suspect_share)
 
     def check(self) -> None:
         """Refuse settings that cannot work, before any work is done."""
@@ -180,13 +134,17 @@ class CheckPolicy:
             raise ConfigError(f"--equivalence must be one of {', '.join(EQUIVALENCE_MODES)}, not {self.equivalence!r}")
         if self.time_limit <= 0 or self.max_rows < 1:
             raise ConfigError("--time-limit must be above 0 and --max-rows at least 1")
-        check_judging(self.evaluator, self.gold_suspect, self.suspect_share)
-        if self.db_variants < 0 or self.db_variant_max_mb <= 0:
+        if self.db_variants is not None and self.db_variants < 0 or self.db_variant_max_mb <= 0:
             raise ConfigError("--db-variants must be 0 or more and --db-variant-max-mb above 0")
 
     def keeps(self, verdict: Verdict) -> bool:
         """Whether a reject with this verdict is worth training on, under this policy."""
         return verdict.kept(self.equivalence, not self.drop_timeout, not self.drop_unverifiable)
+
+
+CHECK_FIELDS = tuple(f.name for f in dataclasses.fields(CheckPolicy) if f.name != "variant_seed")
+# The judging settings whose value, when not given, depends on the run (resume/settings.py).
+UNSET_FIELDS = ("evaluator", "db_variants", "gold_suspect", "drop_timeout", "drop_unverifiable")
 
 
 def looks_local(ref: str) -> bool:
@@ -203,7 +161,9 @@ def resolve_model_ref(ref: str) -> str:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    """Everything `prefgen generate` was asked to do."""
+    """Everything `prefgen generate` was asked to do. The judging settings are `check` (a
+    CheckPolicy); `cfg.db_root` and its siblings read through to it. Built from flat flag
+    names with `from_flags`."""
 
     base_model: str
     sft_data: str
@@ -220,25 +180,15 @@ class GenerateConfig:
     batch_size: int | str = 8  # or "auto": the largest that fits, found after loading the model
     max_batch_tokens: int = 0
     lookahead: int = 32
-    device: str = "cuda"
+    device: str = "auto"  # auto: CUDA where torch sees it, else the CPU
     system: str = ""
     rank: int = 0
     world_size: int = 1
     overlap: bool | None = None  # commit while the next batch generates; None: on for CUDA only
     max_attempts: int = 0  # attempts per sample to reach num_rejects kept rejects; 0: num_rejects
-    db_root: str = ""  # execute gold and rejects against DIR/<db_id>/<db_id>.sqlite; "": do not
-    db_field: str = "db_id"
-    equivalence: str = "lenient"
-    drop_timeout: bool | None = None  # None: kept as rejects with --pairs gold, neither with onpolicy
-    drop_unverifiable: bool | None = None
-    time_limit: float = DEFAULT_TIME_LIMIT
-    max_rows: int = DEFAULT_MAX_ROWS
+    check: CheckPolicy = CheckPolicy()  # --db-root and how its verdicts are judged
     exec_workers: int = 0  # processes executing SQL; 0: min(4, cores / 2)
-    evaluator: str = ""  # spider, bird or both; "": both, or for a ledger made before it `lenient` (for_ledger)
-    db_variants: int | None = None  # None: DEFAULT_DB_VARIANTS, or 0 for a ledger made before variants
-    db_variant_max_mb: float = DEFAULT_DB_VARIANT_MAX_MB
-    gold_suspect: str | None = None  # keep or skip; None: keep, or "" (not checked) for a ledger made before
-    suspect_share: float = DEFAULT_SUSPECT_SHARE
+    allow_missing_db: bool = False  # start although --db-root lacks databases the records name
     pairs: str = "gold"  # gold: the gold is chosen; onpolicy: the model's own correct answer
     answer: str = "sql"  # onpolicy: what a side holds: the extracted SQL, or the whole answer
     fallback: str = "none"  # onpolicy: "gold" pairs the gold with a sample that has no correct answer
@@ -247,17 +197,40 @@ class GenerateConfig:
     max_model_len: int = 0  # the context a prompt must fit (vllm: and its KV cache); 0: the model's
     gpu_memory_utilization: float = 0.9  # vllm: share of GPU memory for weights and KV cache
     lora: str = "auto"  # vllm: how the adapter is applied, one of LORA_MODES
-    reuse_answers: str = ""  # an earlier run (output or ledger) whose answers this one takes (reuse.py)
+    reuse_answers: str = ""  # an earlier run (output or ledger) whose answers this one takes (resume/reuse.py)
     executor: str = "local"  # one of EXECUTORS
     ray_address: str = ""  # ray: the cluster to join; "": RAY_ADDRESS, else a Ray of the run's own
     workers: str = ""  # ray: engine workers, N or MIN-MAX; "": 1 up to what the cluster's GPUs hold
-    gpus_per_worker: float | None = None  # ray: GPUs each engine worker asks for; None: 1, 0 with --device cpu
+    gpus_per_worker: float | None = None  # ray: GPUs each engine worker asks for; None: see executors/ray.py
     block_units: int = 0  # ray: units per block handed to a worker (whole samples); 0: 4 batches
 
+    @classmethod
+    def from_flags(cls, **flags) -> "GenerateConfig":
+        """The settings from flat flag names (the CLI's, a config file's, `settings()`'s)."""
+        judging = {name: flags.pop(name) for name in CHECK_FIELDS if name in flags}
+        for name in UNSET_FIELDS:  # left out: decided by the ledger (resume/settings.py)
+            judging.setdefault(name, None)
+        flags.pop("variant_seed", None)
+        return cls(**flags, check=CheckPolicy(**judging, variant_seed=flags.get("seed", 42)))
+
+    def __getattr__(self, name: str):
+        if name in CHECK_FIELDS:  # cfg.db_root, cfg.evaluator, ...: the judging settings
+            return getattr(self.check, name)
+        raise AttributeError(name)
+
     def __post_init__(self):
+        if isinstance(self.dedup_rejects, bool):  # `dedup-rejects: true` in a config file
+            object.__setattr__(self, "dedup_rejects", "exact" if self.dedup_rejects else "")
+        if self.check.variant_seed != self.seed:
+            object.__setattr__(self, "check", dataclasses.replace(self.check, variant_seed=self.seed))
         check_num_rejects(self.num_rejects)
         self._check_pairs()
+        self._check_engine()
+        self._check_sampling()
+        self._check_sizes()
         self._check_executor()
+
+    def _check_engine(self) -> None:
         if self.engine not in ENGINE_NAMES:
             raise ConfigError(f"--engine must be one of {', '.join(ENGINE_NAMES)}, not {self.engine!r}")
         if self.batch_invariant and self.engine != "vllm":
@@ -268,21 +241,26 @@ class GenerateConfig:
             raise ConfigError("--lora is a vLLM setting", hint="the transformers engine merges the adapter in memory")
         if self.max_model_len < 0 or not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError("--max-model-len must be 0 or more and --gpu-memory-utilization in (0, 1]")
-        for name in ("drop_timeout", "drop_unverifiable"):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, self.pairs == "onpolicy")
-        if isinstance(self.dedup_rejects, bool):  # `dedup-rejects: true` in a config file
-            object.__setattr__(self, "dedup_rejects", "exact" if self.dedup_rejects else "")
+
+    def _check_sampling(self) -> None:
         if self.dedup_rejects and self.dedup_rejects not in DEDUP_MODES:
             raise ConfigError(f"--dedup-rejects must be exact or sql, not {self.dedup_rejects!r}")
-        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ConfigError(f"--batch-size must be 'auto' or at least 1, not {self.batch_size!r}")
         if self.max_new_tokens < 1:
             raise ConfigError(f"--max-new-tokens must be at least 1, not {self.max_new_tokens}")
         if self.temperature < 0:
             raise ConfigError(f"--temperature must be 0 (greedy) or more, not {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"--top-p must be in (0, 1], not {self.top_p}")
+        if self.max_attempts and not self.num_rejects <= self.max_attempts < MAX_REJECTS:
+            raise ConfigError(
+                f"--max-attempts must be between --num-rejects ({self.num_rejects}) and {MAX_REJECTS - 1},"
+                f" not {self.max_attempts}",
+                hint=f"attempt seeds are seed + sample_index*{MAX_REJECTS} + attempt, so more would collide",
+            )
+
+    def _check_sizes(self) -> None:
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ConfigError(f"--batch-size must be 'auto' or at least 1, not {self.batch_size!r}")
         if self.max_batch_tokens < 0:
             raise ConfigError(f"--max-batch-tokens must be 0 (no bound) or more, not {self.max_batch_tokens}")
         if self.lookahead < 1:
@@ -291,17 +269,8 @@ class GenerateConfig:
             raise ConfigError(f"--rank must be in [0, --world-size), not {self.rank} of {self.world_size}")
         if self.max_samples < 0:
             raise ConfigError(f"--max-samples must be 0 (all) or more, not {self.max_samples}")
-        if self.max_attempts and not self.num_rejects <= self.max_attempts < MAX_REJECTS:
-            raise ConfigError(
-                f"--max-attempts must be between --num-rejects ({self.num_rejects}) and {MAX_REJECTS - 1},"
-                f" not {self.max_attempts}",
-                hint=f"attempt seeds are seed + sample_index*{MAX_REJECTS} + attempt, so more would collide",
-            )
         if self.exec_workers < 0:
             raise ConfigError(f"--exec-workers must be 0 (automatic) or more, not {self.exec_workers}")
-        if self.evaluator is None:  # the CLI's "not given"
-            object.__setattr__(self, "evaluator", "")
-        check_judging(self.evaluator, self.gold_suspect or "", self.suspect_share)
 
     def _check_executor(self) -> None:
         """Refuse an unknown executor, local flags with Ray, and Ray flags without it."""
@@ -313,13 +282,19 @@ class GenerateConfig:
                 flag = "--" + given[0].replace("_", "-")
                 raise ConfigError(f"{flag} is a Ray setting", hint="add --executor ray, or drop the flag")
             return
+        self._check_ray()
+
+    def _check_ray(self) -> None:
+        """Refuse, with --executor ray, the local loop's flags and malformed Ray settings."""
         if self.world_size != 1 or self.rank != 0:
             raise ConfigError(
                 "--rank and --world-size split a run into static ranks; --executor ray hands out blocks itself",
                 hint="drop --rank/--world-size (and torchrun, whose RANK/WORLD_SIZE set them)",
             )
         if self.overlap is not None:
-            raise ConfigError("--overlap/--no-overlap is a setting of the local loop", hint="drop it with --executor ray")
+            raise ConfigError(
+                "--overlap/--no-overlap is a setting of the local loop", hint="drop it with --executor ray"
+            )
         if self.device.startswith("cuda:"):
             raise ConfigError(
                 f"--device {self.device}: with --executor ray, Ray gives each worker its GPUs",
@@ -329,7 +304,7 @@ class GenerateConfig:
             raise ConfigError(f"--gpus-per-worker must be 0 or more, not {self.gpus_per_worker}")
         if self.block_units < 0:
             raise ConfigError(f"--block-units must be 0 (automatic) or more, not {self.block_units}")
-        self.worker_range  # refuses a malformed --workers
+        _ = self.worker_range  # refuses a malformed --workers
 
     @property
     def worker_range(self) -> tuple[int, int]:
@@ -345,13 +320,6 @@ class GenerateConfig:
         if not 1 <= low <= high:
             raise ConfigError(f"--workers must be N or MIN-MAX with 1 <= MIN <= MAX, not {text!r}")
         return low, high
-
-    @property
-    def worker_gpus(self) -> float:
-        """GPUs Ray reserves for each engine worker: --gpus-per-worker, else 1 (0 with --device cpu)."""
-        if self.gpus_per_worker is not None:
-            return float(self.gpus_per_worker)
-        return 0.0 if self.device == "cpu" else 1.0
 
     @property
     def block_size(self) -> int:
@@ -386,30 +354,9 @@ class GenerateConfig:
         """The most units one sample may use (--max-attempts, by default --num-rejects)."""
         return self.max_attempts or self.num_rejects
 
-    def for_ledger(self, fingerprint: dict | None) -> "GenerateConfig":
-        """These settings with --evaluator resolved: as given, or unset, `lenient` for a ledger
-        whose run executed SQL before evaluator profiles (it resumes with the rule it was made
-        with) and DEFAULT_EVALUATOR otherwise."""
-        if self.db_variants is None:  # unset: 0 for a ledger that executed SQL before variants
-            made_before = fingerprint is not None and "db_root" in fingerprint and "db_variants" not in fingerprint
-            variants = 0 if made_before else DEFAULT_DB_VARIANTS
-            return dataclasses.replace(self, db_variants=variants).for_ledger(fingerprint)
-        if self.gold_suspect is None:  # unset: "" (golds not checked) for a ledger that executed SQL before
-            made_before = fingerprint is not None and "db_root" in fingerprint and "gold_suspect" not in fingerprint
-            suspect = "" if made_before else DEFAULT_GOLD_SUSPECT
-            return dataclasses.replace(self, gold_suspect=suspect).for_ledger(fingerprint)
-        if self.evaluator:
-            return self
-        legacy = fingerprint is not None and "db_root" in fingerprint and "evaluator" not in fingerprint
-        return dataclasses.replace(self, evaluator=LENIENT if legacy else DEFAULT_EVALUATOR)
-
-    def check_policy(self):
+    def check_policy(self) -> CheckPolicy | None:
         """The execution-verdict policy of --db-root, or None without it."""
-        if not self.db_root:
-            return None
-        policy = {name: getattr(self, name) for name in CHECK_FIELDS}
-        policy["db_variants"] = DEFAULT_DB_VARIANTS if self.db_variants is None else self.db_variants
-        return CheckPolicy(**policy, variant_seed=self.seed)
+        return self.check if self.db_root else None
 
     @property
     def checks_gold(self) -> bool:
@@ -417,49 +364,27 @@ class GenerateConfig:
         return bool(self.db_root) and self.gold_suspect != ""
 
     @property
+    def target_path(self) -> Path:
+        """The output this process writes: --output itself, or its rank's part under torchrun."""
+        return part_path(Path(self.output), self.rank, self.world_size)
+
+    @property
     def output_path(self) -> Path:
-        """This process's JSONL: the output itself, or its rank's part under torchrun; for a .json
-        output, the JSON Lines journal beside it (the array is written from it when the run is complete)."""
-        return journal_of(part_path(Path(self.output), self.rank, self.world_size))
+        """This process's JSONL: the target, or for a .json output the JSON Lines journal beside
+        it (the array is written from it when the run is complete)."""
+        return journal_of(self.target_path)
 
     @property
     def ledger_path(self) -> Path:
         if self.ledger:
             return part_path(Path(self.ledger), self.rank, self.world_size)
-        return ledger_beside(part_path(Path(self.output), self.rank, self.world_size))
-
-    def fingerprint(self) -> dict:
-        """The settings a resumed run must share with the ledger, in comparable form."""
-        values = {name: getattr(self, name) for name in FINGERPRINT_FIELDS}
-        values["base_model"] = resolve_model_ref(self.base_model)
-        values["adapter_path"] = resolve_model_ref(self.adapter_path)
-        values["sft_data"] = str(Path(self.sft_data).expanduser().resolve())
-        values["temperature"] = float(self.temperature)
-        values["top_p"] = float(self.top_p)
-        if self.attempts != self.num_rejects:
-            values["max_attempts"] = self.attempts
-        if self.db_root:
-            judging = {name: getattr(self, name) for name in CHECK_FIELDS}
-            judging["evaluator"] = self.evaluator or DEFAULT_EVALUATOR
-            judging["db_variants"] = DEFAULT_DB_VARIANTS if self.db_variants is None else self.db_variants
-            judging["gold_suspect"] = DEFAULT_GOLD_SUSPECT if self.gold_suspect is None else self.gold_suspect
-            judging["suspect_share"] = float(self.suspect_share)
-            values.update((k, v) for k, v in judging.items() if CHECK_LEGACY.get(k, values) != v)
-            values["db_root"] = str(Path(self.db_root).expanduser().resolve())
-            values["time_limit"] = float(self.time_limit)
-        if self.onpolicy:
-            values.update({name: getattr(self, name) for name in PAIR_FIELDS})
-        if self.engine != "transformers":
-            values["engine"] = self.engine
-        if self.batch_invariant:
-            values["batch_invariant"] = True
-        if self.lora != "auto":  # added later: only when chosen, so that older ledgers still resume
-            values["lora"] = self.lora
-        return values
+        return ledger_beside(self.target_path)
 
     def settings(self) -> dict:
-        """Every setting, as recorded in the ledger's runs table."""
-        return dataclasses.asdict(self)
+        """Every setting by its flag name, as recorded in the ledger's runs table."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "check"}
+        values.update((name, getattr(self.check, name)) for name in CHECK_FIELDS)
+        return values
 
 
 def read_config_file(path: str, known: set[str]) -> dict:

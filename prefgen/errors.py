@@ -56,3 +56,12 @@ class Interrupted(PrefgenError):
         super().__init__(message, hint)
         self.exit_code = exit_code
         self.immediate = immediate  # a second signal: generation may still be running; exit now
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether an error from the system or SQLite says the disk (or quota) is full."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return type(exc).__name__ == "OperationalError" and "disk is full" in str(exc)

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from prefgen.cli import cli
 from prefgen.config import GenerateConfig
-from prefgen.flow.run import generate
+from prefgen.executors import generate
 from prefgen.runtime import faults
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,7 +189,7 @@ def scripted(workdir, answers, records=1, **settings):
     options = dict(num_rejects=2, db_root=str(DB_ROOT), device="cpu", pairs="onpolicy", batch_size=3)
     options.update(settings)
     out = workdir / "pairs.jsonl"
-    cfg = GenerateConfig(base_model="scripted", sft_data=str(data), output=str(out), **options)
+    cfg = GenerateConfig.from_flags(base_model="scripted", sft_data=str(data), output=str(out), **options)
     engine = ScriptedEngine(lambda sample, attempt: answers[attempt])
     summary = generate(cfg, ["test"], show_progress=False, engine=engine)
     return summary, (read_jsonl(out) if out.exists() else []), str(out) + ".ledger.sqlite"
@@ -207,3 +207,72 @@ def browse_pages(ledger, *urls):
         return [(r.status_code, r.text) for r in [await ds.client.get(url) for url in urls]]
 
     return asyncio.run(get_all())
+
+
+# The tests' own home. Every cache prefgen writes (the database variants, the merged adapters)
+# and every cache the libraries it drives write under the home directory (Hugging Face,
+# torch, triton, vLLM, matplotlib, Chromium's profile, ...) goes to one temporary folder for the
+# whole test run instead of the developer's ~/.cache. It is set when pytest starts, before any
+# test module is collected (some libraries read these variables when they are imported), and
+# the child processes the tests start (`start`, `run`) inherit it with os.environ.
+# tests/test_isolation.py proves it; a test may still point one of them elsewhere (monkeypatch).
+REAL_HOME = Path.home()
+_SAVED_ENV: dict[str, str | None] = {}
+_HOMES: list[Path] = []
+
+
+def home_env(home: Path) -> dict[str, str | None]:
+    """The variables that send every cache under `home` (None: unset, so that it follows HOME)."""
+    cache = home / ".cache"
+    return {
+        "HOME": str(home),
+        "XDG_CACHE_HOME": str(cache),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local" / "share"),
+        "XDG_STATE_HOME": str(home / ".local" / "state"),
+        "PREFGEN_VARIANT_CACHE": str(cache / "prefgen" / "variants"),
+        "PREFGEN_MERGED_CACHE": str(cache / "prefgen" / "merged"),
+        "HF_HOME": str(cache / "huggingface"),
+        # Hugging Face's own finer overrides would win over HF_HOME: unset, they follow it.
+        **dict.fromkeys(
+            ["HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE", "HF_DATASETS_CACHE", "HF_MODULES_CACHE"]
+            + ["HF_ASSETS_CACHE", "HF_XET_CACHE"]
+        ),
+        "TORCH_HOME": str(cache / "torch"),
+        "TRITON_HOME": str(home),
+        "TRITON_CACHE_DIR": str(home / ".triton" / "cache"),
+        "VLLM_CACHE_ROOT": str(cache / "vllm"),
+        "VLLM_CONFIG_ROOT": str(home / ".config" / "vllm"),
+        "MPLCONFIGDIR": str(home / ".config" / "matplotlib"),
+    }
+
+
+def pytest_configure(config):
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="prefgen-tests-home-"))
+    _HOMES.append(home)
+    for name, value in home_env(home).items():
+        _SAVED_ENV[name] = os.environ.get(name)
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def pytest_unconfigure(config):
+    for name, value in _SAVED_ENV.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    for home in _HOMES:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home() -> Path:
+    """The temporary home every test runs in (see pytest_configure); fails fast if it is not."""
+    home = Path(os.environ["HOME"])
+    assert home in _HOMES and home != REAL_HOME, "the tests' home is not set"
+    return home

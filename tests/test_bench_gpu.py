@@ -10,7 +10,9 @@ from conftest import ROOT
 def test_bench_gpu_smoke_runs_on_the_cpu_and_prints_the_bound_and_its_share():
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--smoke", "--bandwidth", "0.05"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "Model: Qwen3-MoE smoke widths, 1 layers, float32; 4 units, batch 4" in result.stdout

@@ -40,12 +40,12 @@ def params(command: str) -> dict:
 
 
 def test_generate_defaults_are_generate_configs():
-    fields = {f.name: f.default for f in dataclasses.fields(config.GenerateConfig)}
+    fields = {f.name: f.default for cls in (config.GenerateConfig, config.CheckPolicy) for f in dataclasses.fields(cls)}
     checked = 0
     for name, param in params("generate").items():
         if name in fields and fields[name] is not dataclasses.MISSING:
-            # "" in the config is "not given" (decided from the ledger, e.g. --evaluator): None on the CLI
-            expected = None if fields[name] == "" and param.default is None else fields[name]
+            # the settings decided from the ledger when not given (e.g. --evaluator): None on the CLI
+            expected = None if name in config.UNSET_FIELDS else fields[name]
             assert param.default == expected, name
             checked += 1
     assert checked >= 30

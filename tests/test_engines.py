@@ -16,7 +16,7 @@ PROTOCOL_METHODS = ("prompt_length", "find_batch_size", "start", "answers", "clo
 
 def tiny_config(model, **overrides) -> GenerateConfig:
     options = dict(base_model=str(model), sft_data=str(SAMPLE), output="unused.jsonl", max_new_tokens=8, device="cpu")
-    return GenerateConfig(**{**options, **overrides})
+    return GenerateConfig.from_flags(**{**options, **overrides})
 
 
 def parameters(function) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, ScriptedEngine, generate_args, query, read_jsonl, run, run_cli, start, write_records
 
 from prefgen.config import GenerateConfig
-from prefgen.flow.run import generate
+from prefgen.executors import generate
 
 DB_ROOT = ROOT / "examples" / "spider_en" / "db"
 DB_FILE = DB_ROOT / "department_store" / "department_store.sqlite"
@@ -36,7 +36,9 @@ def scripted_records(path, db_ids=("department_store",) * 3):
 def scripted_run(workdir, data, engine, **settings):
     options = dict(num_rejects=2, max_attempts=6, dedup_rejects="sql", db_root=str(DB_ROOT), device="cpu")
     options.update(settings)
-    cfg = GenerateConfig(base_model="scripted", sft_data=str(data), output=str(workdir / "pairs.jsonl"), **options)
+    cfg = GenerateConfig.from_flags(
+        base_model="scripted", sft_data=str(data), output=str(workdir / "pairs.jsonl"), **options
+    )
     return generate(cfg, ["test"], show_progress=False, engine=engine)
 
 

@@ -7,7 +7,8 @@ import struct
 import orjson
 from conftest import generate_args, query, read_jsonl, run_cli
 
-from prefgen.resume.identity import META_KEY, model_identity, safetensors_header
+from prefgen.ledger.keys import GENERATION_IDENTITY as META_KEY
+from prefgen.resume.identity import model_identity, safetensors_header
 
 
 def make_adapter(model_path, directory, seed):

@@ -3,7 +3,7 @@
 import pytest
 from conftest import generate_args, query, read_jsonl, run_cli, write_records
 
-from prefgen.flow.judge import judge_batch
+from prefgen.flow.judge import DedupIndex, judge_batch
 from prefgen.flow.plan import plan_units
 from prefgen.flow.records import validate
 from prefgen.sql.normalize import normalize_sql
@@ -44,7 +44,7 @@ def judge(texts, gold="SELECT name FROM singer WHERE age > 20", dedup=""):
     record = validate("mem", 0, {"instruction": "q", "output": gold})
     units = list(plan_units([record], len(texts), seed=0))
     answers = [Answer(text, 10, 5, 0.1) for text in texts]
-    return [j.status for j in judge_batch(units, answers, {}, dedup)]
+    return [j.status for j in judge_batch(units, answers, DedupIndex(dedup))]
 
 
 def test_same_as_gold_is_not_written_whatever_the_layout():

@@ -65,8 +65,10 @@ def test_status_figures_match_the_ledger_and_the_jsonl(partial_run):
         "generated": sum(u["new_tokens"] for u in units),
         "prompt": sum(u["prompt_tokens"] for u in units),
     }
-    assert [r["status"] for r in data["runs"]] == ["running"]  # killed: it never closed its run
-    assert data["runs"][0]["units_done"] == 6 and data["eta_s"] > 0
+    # killed: its row still says running, but its lock is free: shown crashed, with no ETA
+    assert query(ledger, "select status from runs") == [{"status": "running"}]
+    assert [(r["status"], r["stop_reason"]) for r in data["runs"]] == [("crashed", "the process died")]
+    assert data["runs"][0]["units_done"] == 6 and data["eta_s"] is None
     assert data["settings"]["batch_size"] == 3
 
 
@@ -78,7 +80,7 @@ def test_status_after_resume_shows_partial_samples_and_history(partial_run, tiny
     assert code == -9
     data = orjson.loads(run_cli(["ledger", "status", ledger, "--json"]).output)
     assert data["samples"] == {"total": 6, "complete": 5, "partial": 1, "pending": 0}
-    assert [r["status"] for r in data["runs"]] == ["crashed", "running"]
+    assert [r["status"] for r in data["runs"]] == ["crashed", "crashed"]  # the second killed too
     text = run_cli(["ledger", "status", ledger]).output
     assert "Units    11 / 12 done (91.7%), 0 to retry" in text
     assert "Samples  5 complete, 1 partial, 0 pending (of 6)" in text

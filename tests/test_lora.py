@@ -11,13 +11,14 @@ import pytest
 from prefgen.config import GenerateConfig
 from prefgen.engines import vllm_lora
 from prefgen.errors import ConfigError, ModelError
+from prefgen.resume.fingerprint import fingerprint_of
 
 Usage = namedtuple("Usage", "total used free")
 
 
 def config(adapter, lora="auto", **flags):
     settings = dict(base_model="m", sft_data="d", output="o", engine="vllm", lora=lora)
-    return GenerateConfig(adapter_path=str(adapter), **settings, **flags)
+    return GenerateConfig.from_flags(adapter_path=str(adapter), **settings, **flags)
 
 
 @pytest.fixture
@@ -47,9 +48,9 @@ def test_the_rank_is_the_adapters_largest_rounded_up_to_one_vllm_serves(adapter)
 
 def test_lora_is_a_vllm_setting_and_in_the_fingerprint_only_when_chosen(adapter):
     with pytest.raises(ConfigError, match="--lora is a vLLM setting"):
-        GenerateConfig(base_model="m", sft_data="d", output="o", lora="native")
-    assert "lora" not in config(adapter).fingerprint()
-    assert config(adapter, "merge").fingerprint()["lora"] == "merge"
+        GenerateConfig.from_flags(base_model="m", sft_data="d", output="o", lora="native")
+    assert "lora" not in fingerprint_of(config(adapter))
+    assert fingerprint_of(config(adapter, "merge"))["lora"] == "merge"
 
 
 def test_a_merge_the_disk_has_no_room_for_is_refused_before_it_starts(tiny_model, adapter, tmp_path, monkeypatch):

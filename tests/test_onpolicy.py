@@ -24,8 +24,8 @@ from conftest import (
 
 from prefgen.config import GenerateConfig
 from prefgen.errors import ConfigError
+from prefgen.executors import generate
 from prefgen.flow.pairing import Candidate, form_pairs
-from prefgen.flow.run import generate
 from prefgen.runtime import faults
 
 
@@ -141,7 +141,7 @@ def test_an_empty_gold_and_an_empty_answer_are_neither_chosen_nor_rejected(workd
         workdir / "data.json", [{"instruction": "q", "output": empty_gold, "db_id": "department_store"}]
     )
     answers = ["SELECT product_name FROM products WHERE product_price > 200000", WRONG_TOO]
-    cfg = GenerateConfig(
+    cfg = GenerateConfig.from_flags(
         base_model="scripted",
         sft_data=str(data),
         output=str(workdir / "p.jsonl"),
@@ -199,7 +199,7 @@ def test_further_attempts_until_the_pairs_can_be_formed_resumed_after_crashes(wo
 )
 def test_settings_that_cannot_work_are_refused(settings, message):
     with pytest.raises(ConfigError, match=message):
-        GenerateConfig(base_model="m", sft_data="d", output="o", **settings)
+        GenerateConfig.from_flags(base_model="m", sft_data="d", output="o", **settings)
 
 
 def test_onpolicy_joins_the_fingerprint(workdir, tiny_model, sample_data):

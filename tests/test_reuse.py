@@ -20,7 +20,7 @@ from conftest import (
 
 import prefgen.engines
 from prefgen.config import GenerateConfig
-from prefgen.flow.run import generate
+from prefgen.executors import generate
 
 
 def fail_to_load(cfg):
@@ -64,7 +64,9 @@ def scripted_run(workdir, name, engine, **settings):
     )
     out = workdir / name
     options = dict(num_rejects=3, device="cpu", batch_size=2, seed=5)
-    cfg = GenerateConfig(base_model="scripted", sft_data=str(data), output=str(out), **{**options, **settings})
+    cfg = GenerateConfig.from_flags(
+        base_model="scripted", sft_data=str(data), output=str(out), **{**options, **settings}
+    )
     generate(cfg, ["test"], show_progress=False, engine=engine)
     return out
 

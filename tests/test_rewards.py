@@ -116,4 +116,3 @@ def test_rewards_export_skips_and_counts_sides_without_a_verdict(workdir, tiny_m
     assert f"Skipped {len(lines)} rows: no verdict, so no reward (run with --db-root)" in output
     _, kto = export(out, "kto", workdir / "kto")
     assert len(kto) == 2 + len({(line["sample_index"], line["rejected"]) for line in lines})
-

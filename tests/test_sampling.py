@@ -43,7 +43,7 @@ def test_temperature_zero_is_greedy():
 def engine(tiny_model):
     from prefgen.engines import load_engine
 
-    cfg = GenerateConfig(
+    cfg = GenerateConfig.from_flags(
         base_model=str(tiny_model),
         sft_data=str(SAMPLE),
         output="unused.jsonl",

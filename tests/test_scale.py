@@ -129,17 +129,17 @@ def test_batch_size_auto_on_cpu_stops_at_its_limit(workdir, tiny_model, sample_d
 
 
 def test_auto_batch_size_shrinks_after_an_oom_backoff():
-    from prefgen.flow.run import BatchRows
+    from prefgen.executors.local import BatchRows
 
     class Ledger:
         events = []
 
-        def record_event(self, run_id, kind, detail):
+        def record_event(self, kind, detail):
             self.events.append((kind, detail))
 
     for size, expected in (("auto", 4), (16, 16)):
         ledger = Ledger()
-        rows = BatchRows(ledger, 1, 16 if size == 16 else 8, auto=size == "auto")
+        rows = BatchRows(ledger, 16 if size == 16 else 8, auto=size == "auto")
         rows.backoff(8, 4)
         assert rows() == expected
         lowered = {"batch_size": 4} if size == "auto" else {}

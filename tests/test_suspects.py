@@ -23,8 +23,10 @@ from conftest import (
 
 from prefgen.config import GenerateConfig
 from prefgen.errors import ConfigError
-from prefgen.runtime import faults
 from prefgen.flow.suspects import suspicion
+from prefgen.resume.fingerprint import fingerprint_of
+from prefgen.resume.settings import resolve
+from prefgen.runtime import faults
 
 ROW = {"status": "written", "verdict": "wrong_result", "verdict_detail": "", "result_digest": "a", "variant": None}
 
@@ -93,16 +95,14 @@ def test_gold_mode_skip_writes_no_line_for_a_suspect_gold_and_counts_it(workdir)
 
 
 def test_a_failing_gold_is_suspect(workdir):
-    data = write_records(
-        workdir / "data.json", [{"instruction": "q", "output": FAILS, "db_id": "department_store"}]
-    )
+    data = write_records(workdir / "data.json", [{"instruction": "q", "output": FAILS, "db_id": "department_store"}])
     out = workdir / "pairs.jsonl"
     cfg = dict(num_rejects=2, db_root=str(DB_ROOT), device="cpu", batch_size=3, pairs="gold")
     from conftest import ScriptedEngine
 
-    from prefgen.flow.run import generate
+    from prefgen.executors import generate
 
-    config = GenerateConfig(base_model="scripted", sft_data=str(data), output=str(out), **cfg)
+    config = GenerateConfig.from_flags(base_model="scripted", sft_data=str(data), output=str(out), **cfg)
     generate(config, ["test"], show_progress=False, engine=ScriptedEngine(lambda s, a: [GOLD, WRONG][a]))
     (check,) = query(str(out) + ".ledger.sqlite", "select gold_suspect, suspect_detail from samples")
     assert check["gold_suspect"] == 1 and check["suspect_detail"].startswith("gold fails: no such column")
@@ -144,13 +144,13 @@ def test_gold_mode_held_units_resume_after_crashes_to_the_uninterrupted_output(w
 
 
 def test_an_old_ledger_keeps_its_rule_and_bad_values_are_refused(workdir):
-    cfg = GenerateConfig(base_model="m", sft_data="d", output="o", db_root=str(DB_ROOT))
-    assert cfg.for_ledger({"db_root": str(DB_ROOT)}).gold_suspect == ""  # made before gold checks
-    assert cfg.for_ledger(None).gold_suspect == "keep"
-    assert cfg.for_ledger(None).fingerprint()["gold_suspect"] == "keep"
-    assert "gold_suspect" not in cfg.for_ledger({"db_root": str(DB_ROOT)}).fingerprint()
+    cfg = GenerateConfig.from_flags(base_model="m", sft_data="d", output="o", db_root=str(DB_ROOT))
+    assert resolve(cfg, {"db_root": str(DB_ROOT)}).gold_suspect == ""  # made before gold checks
+    assert resolve(cfg, None).gold_suspect == "keep"
+    assert fingerprint_of(resolve(cfg, None))["gold_suspect"] == "keep"
+    assert "gold_suspect" not in fingerprint_of(resolve(cfg, {"db_root": str(DB_ROOT)}))
     with pytest.raises(ConfigError, match="--suspect-share"):
-        GenerateConfig(base_model="m", sft_data="d", output="o", suspect_share=1.5)
+        GenerateConfig.from_flags(base_model="m", sft_data="d", output="o", suspect_share=1.5)
     result = run_cli(["pair", "x.jsonl", "--db-root", str(DB_ROOT), "--output", "o", "--gold-suspect", "drop"], 2)
     assert "gold-suspect" in result.output
 

@@ -11,6 +11,7 @@ from conftest import (
     DB_ROOT,
     FAILS,
     RIGHT_TOO,
+    ROOT,
     WRONG,
     ScriptedEngine,
     query,
@@ -21,7 +22,9 @@ from conftest import (
 )
 
 from prefgen.config import DEFAULT_DB_VARIANTS, CheckPolicy, GenerateConfig
-from prefgen.flow.run import generate
+from prefgen.executors import generate
+from prefgen.resume.fingerprint import fingerprint_of
+from prefgen.resume.settings import resolve
 from prefgen.sql import variants
 from prefgen.sql.workers import Checker
 
@@ -38,6 +41,20 @@ RIGHT_ANSWERS = [
     "SELECT product_name, product_price FROM products WHERE product_price > 900 ORDER BY product_id",
     "SELECT p.product_name, p.product_price FROM products AS p WHERE NOT p.product_price <= 900",
 ]
+# A real dispute over the suite in the shipped German Spider data (network_1, "the student with the
+# most friends"): DISTINCT added to the gold picks the gold's student on the original and on
+# variants 1 and 2; on variant 3 the top student (3 friends) shares the name Jordan with one with 1,
+# DISTINCT merges their rows, SQLite orders the merged row by the count 1, and another name comes
+# first. Spider's rule strips DISTINCT (the gold again: right on every database); BIRD's compares
+# the rows (wrong on variant 3).
+DE_ROOT = ROOT / "examples" / "spider_de" / "db"
+MOST_FRIENDS = (
+    "SELECT T2.name FROM freund AS T1 JOIN oberschüler AS T2 ON T1.schüler_id = T2.id "
+    "GROUP BY T1.schüler_id ORDER BY count(*) DESC LIMIT 1"
+)
+DISTINCT_NAME = MOST_FRIENDS.replace("SELECT", "SELECT DISTINCT")
+FEWEST_FRIENDS = MOST_FRIENDS.replace("DESC", "ASC")
+DISPUTED_ON_3 = "differs on variant 3 of 3: bird: wrong (other rows); spider: right"
 
 
 @pytest.fixture(autouse=True)
@@ -144,7 +161,7 @@ def test_onpolicy_a_coincidence_is_rejected_not_chosen_and_the_ledger_names_the_
     )
     right = "SELECT product_price FROM products WHERE 'black jeans' = product_name"
     out = workdir / "pairs.jsonl"
-    cfg = GenerateConfig(
+    cfg = GenerateConfig.from_flags(
         base_model="scripted",
         sft_data=str(data),
         output=str(out),
@@ -173,12 +190,12 @@ def test_onpolicy_a_coincidence_is_rejected_not_chosen_and_the_ledger_names_the_
 
 
 def test_a_ledger_made_before_variants_resumes_without_them():
-    cfg = GenerateConfig(base_model="m", sft_data="d.json", output="o.jsonl", db_root=str(DB_ROOT))
-    assert cfg.for_ledger({"db_root": "x"}).db_variants == 0  # made before: judged as it was
-    assert cfg.for_ledger({"db_root": "x", "db_variants": 3}).db_variants == 3
-    assert cfg.for_ledger(None).db_variants == DEFAULT_DB_VARIANTS
-    assert "db_variants" not in cfg.for_ledger({"db_root": "x"}).fingerprint()
-    assert cfg.check_policy().db_variants == DEFAULT_DB_VARIANTS and cfg.check_policy().variant_seed == cfg.seed
+    cfg = GenerateConfig.from_flags(base_model="m", sft_data="d.json", output="o.jsonl", db_root=str(DB_ROOT))
+    assert resolve(cfg, {"db_root": "x"}).db_variants == 0  # made before: judged as it was
+    assert resolve(cfg, {"db_root": "x", "db_variants": 3}).db_variants == 3
+    assert resolve(cfg, None).db_variants == DEFAULT_DB_VARIANTS
+    assert "db_variants" not in fingerprint_of(resolve(cfg, {"db_root": "x"}))
+    assert resolve(cfg, None).check_policy().db_variants == DEFAULT_DB_VARIANTS and cfg.check.variant_seed == cfg.seed
 
 
 def test_scripted_runs_judge_with_variants(workdir):
@@ -202,3 +219,99 @@ def test_db_variants_join_the_fingerprint_of_a_generate_run(workdir, tiny_model,
     assert "started with other settings: db_variants (ledger: 1, now: 2)" in refused.output
     run_cli([*args, "--db-variants", "1"])  # the same settings: nothing left to do
     assert out.read_bytes() == before
+
+
+def most_friends_record() -> dict:
+    """The shipped German record whose gold is MOST_FRIENDS."""
+    records = orjson.loads((ROOT / "examples" / "spider_de" / "spider_de_alpaca.json").read_bytes())
+    return next(r for r in records if r["output"] == MOST_FRIENDS)
+
+
+@pytest.mark.parametrize(
+    "evaluator, expected",
+    [  # (verdict, detail, variant, spider, bird): the scores recorded are each evaluator's over the suite
+        ("both", ("disputed", DISPUTED_ON_3, 3, True, False)),
+        ("spider", ("equivalent", "same rows", None, True, False)),
+        ("bird", ("wrong_result", "differs on variant 3 of 3", 3, True, False)),
+        ("lenient", ("wrong_result", "differs on variant 3 of 3", 3, False, False)),  # old ledgers: as before
+    ],
+)
+def test_each_evaluator_scores_an_answer_over_the_whole_suite(evaluator, expected):
+    original = Checker(CheckPolicy(db_root=str(DE_ROOT), db_variants=0, evaluator=evaluator))
+    assert original("network_1", MOST_FRIENDS, DISTINCT_NAME).verdict == "equivalent"
+    verdict = Checker(CheckPolicy(db_root=str(DE_ROOT), evaluator=evaluator))("network_1", MOST_FRIENDS, DISTINCT_NAME)
+    assert (verdict.verdict, verdict.detail, verdict.variant, verdict.spider, verdict.bird) == expected
+
+
+def test_pair_never_rejects_an_answer_spider_scores_right_on_every_database(workdir):
+    """Before, the variant that BIRD's rule tells apart made the answer `wrong_result`, both
+    scores false, and `prefgen pair` paired it as a reject."""
+    source = workdir / "answers.jsonl"
+    answers = [DISTINCT_NAME, FEWEST_FRIENDS]
+    source.write_bytes(b"".join(orjson.dumps({**most_friends_record(), "answer": a}) + b"\n" for a in answers))
+    out = workdir / "pairs.jsonl"
+    args = ["pair", str(source), "--db-root", str(DE_ROOT), "--output", str(out), "--num-rejects", "2"]
+    result = run_cli([*args, "--fallback", "gold"])
+    assert [(line["chosen"], line["rejected"]) for line in read_jsonl(out)] == [(MOST_FRIENDS, FEWEST_FRIENDS)]
+    assert "disputed" in result.output
+
+
+def test_onpolicy_the_ledger_records_the_suite_scores_of_a_disputed_answer(workdir):
+    data = write_records(workdir / "data.json", [most_friends_record()])
+    right = (
+        "SELECT T2.name FROM oberschüler AS T2 JOIN freund AS T1 ON T2.id = T1.schüler_id "
+        "GROUP BY T1.schüler_id ORDER BY count(*) DESC LIMIT 1"
+    )
+    answers = [right, DISTINCT_NAME, FEWEST_FRIENDS]
+    out = workdir / "pairs.jsonl"
+    cfg = GenerateConfig(
+        base_model="scripted",
+        sft_data=str(data),
+        output=str(out),
+        num_rejects=3,
+        db_root=str(DE_ROOT),
+        device="cpu",
+        pairs="onpolicy",
+        batch_size=3,
+    )
+    generate(cfg, ["test"], show_progress=False, engine=ScriptedEngine(lambda s, attempt: answers[attempt]))
+    assert [(p["chosen"], p["rejected"]) for p in read_jsonl(out)] == [(right, FEWEST_FRIENDS)]
+    ledger = str(out) + ".ledger.sqlite"
+    columns = "role, verdict, verdict_detail, variant, spider_correct, bird_correct, reward"
+    units = {r.pop("sql"): r for r in query(ledger, f"select sql, {columns} from units")}
+    assert units[DISTINCT_NAME] == {
+        "role": "neither",
+        "verdict": "disputed",
+        "verdict_detail": DISPUTED_ON_3,
+        "variant": 3,
+        "spider_correct": 1,
+        "bird_correct": 0,
+        "reward": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "evaluator, expected",
+    [  # (verdict, detail, variant, spider, bird) with variants
+        (
+            "both",
+            (
+                "wrong_result",
+                "on the original: bird: wrong (columns in another order); spider: right | differs on variant 1 of 3",
+                1,
+                False,
+                False,
+            ),
+        ),
+        ("spider", ("wrong_result", "differs on variant 1 of 3", 1, False, False)),
+        ("bird", ("wrong_result", "", None, False, False)),  # wrong on the original; Spider's score is the suite's
+    ],
+)
+def test_a_disputed_answer_is_wrong_once_the_evaluator_that_scored_it_right_is_wrong_on_a_variant(evaluator, expected):
+    """The coincidence with its columns swapped: on the original Spider scores it right (column
+    permutations) and BIRD wrong; variant 1 moves 'black jeans', and Spider's rule catches it too."""
+    swapped = "SELECT product_price, product_name FROM products WHERE product_id = 3"
+    gold = "SELECT product_name, product_price FROM products WHERE product_name = 'black jeans'"
+    assert checker(0, evaluator=evaluator)("department_store", gold, swapped).spider is True
+    verdict = checker(DEFAULT_DB_VARIANTS, evaluator=evaluator)("department_store", gold, swapped)
+    assert (verdict.verdict, verdict.detail, verdict.variant, verdict.spider, verdict.bird) == expected

@@ -215,8 +215,8 @@ def test_verdicts_on_variants_of_every_shipped_gold_query():
     from bench import gold_variants
 
     from prefgen.config import CheckPolicy
-    from prefgen.tools.verify import judge_pair
     from prefgen.sql.workers import Checker
+    from prefgen.tools.verify import judge_pair
 
     table = Counter()
     for data, root in (

@@ -250,7 +250,9 @@ def test_the_engine_is_sized_as_vllms_llm_class_sizes_offline_work(tiny_model):
     from prefgen.config import GenerateConfig
     from prefgen.engines.vllm import engine_args, offline_context
 
-    cfg = GenerateConfig(base_model=str(tiny_model), sft_data="d", output="o", engine="vllm", batch_size="auto")
+    cfg = GenerateConfig.from_flags(
+        base_model=str(tiny_model), sft_data="d", output="o", engine="vllm", batch_size="auto"
+    )
     tokens, seqs = EngineArgs.get_batch_defaults(1)
     assert offline_context() == UsageContext.LLM_CLASS
 
@@ -279,7 +281,7 @@ def test_native_lora_asks_vllm_for_the_adapters_rank_and_sends_it_with_each_requ
     assert lora_rank(str(adapter)) == 16 and 16 in allowed_ranks()
     request = lora_request(str(adapter))
     assert (request.lora_name, request.lora_int_id, request.lora_path) == ("adapter", 1, str(adapter.resolve()))
-    cfg = GenerateConfig(base_model=str(tiny_model), sft_data="d", output="o", engine="vllm", lora="native")
+    cfg = GenerateConfig.from_flags(base_model=str(tiny_model), sft_data="d", output="o", engine="vllm", lora="native")
     args = engine_args(EngineArgs, cfg, str(tiny_model), "cpu", lora_rank=16)
     assert (args.enable_lora, args.max_lora_rank, args.max_loras) == (True, 16, 1)
 

@@ -108,7 +108,6 @@ def export(pairs, fmt, directory, name, system, skip_suspect):
 
 def run_system_prompt(pairs: str) -> str:
     """The --system of the run that wrote `pairs`, read from its ledger if it has one."""
-    import orjson
 
     from prefgen.errors import LedgerError
     from prefgen.ledger.store import Ledger
@@ -120,7 +119,7 @@ def run_system_prompt(pairs: str) -> str:
         return ""
     ledger = Ledger(path, readonly=True)
     try:
-        return orjson.loads(ledger.meta("fingerprint") or "{}").get("system", "")
+        return (ledger.fingerprint() or {}).get("system", "")
     finally:
         ledger.close()
 
@@ -139,9 +138,10 @@ def verify(pairs, output, **options):
       prefgen verify pairs.jsonl --db-root spider/database --output verified.jsonl
     """
     from prefgen.config import CheckPolicy
+    from prefgen.resume.settings import resolve_judging
     from prefgen.tools.verify import format_summary, verify_file
 
-    policy = CheckPolicy(**options)
+    policy = resolve_judging(CheckPolicy(**options), onpolicy=False)
     summary = verify_file(pairs, output, policy)
     click.echo(format_summary(summary))
     click.echo(f"Kept pairs written to {output}")
@@ -174,10 +174,10 @@ def pair(candidates, output, num_pairs, answer, fallback, **options):
       prefgen pair answers.jsonl --db-root spider/database --output pairs.jsonl --num-rejects 2
     """
     from prefgen.config import CheckPolicy
+    from prefgen.resume.settings import resolve_judging
     from prefgen.tools.pair import format_pair_summary, pair_file
 
-    for name in ("drop_timeout", "drop_unverifiable"):  # on-policy: only verified answers pair
-        options[name] = True if options[name] is None else options[name]
-    summary = pair_file(candidates, output, CheckPolicy(**options), num_pairs, answer, fallback)
+    policy = resolve_judging(CheckPolicy(**options), onpolicy=True)  # on-policy: only verified answers pair
+    summary = pair_file(candidates, output, policy, num_pairs, answer, fallback)
     click.echo(format_pair_summary(summary))
     click.echo(f"Pairs written to {output}")

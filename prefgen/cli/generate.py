@@ -10,8 +10,6 @@ import click
 from prefgen.cli.options import BatchSize, DedupMode, check_options, default, load_config, pair_options
 from prefgen.cli.terminal import EXIT_INCOMPLETE, friendly_errors
 from prefgen.config import DEDUP_MODES, ENGINE_NAMES, EXECUTORS, LORA_MODES, PAIR_MODES
-from prefgen.paths import part_path
-from prefgen.runtime.lock import exclusive
 
 
 @click.command()
@@ -133,7 +131,12 @@ from prefgen.runtime.lock import exclusive
     show_default=True,
     help="Samples per window in which units are grouped by prompt length (1 = none).",
 )
-@click.option("--device", default=default("device"), show_default=True, help="cuda, cuda:N or cpu.")
+@click.option(
+    "--device",
+    default=default("device"),
+    show_default=True,
+    help="auto (CUDA where there is one, else the CPU), cuda, cuda:N or cpu.",
+)
 @click.option("--system", default=default("system"), help="Optional system prompt.")
 @click.option(
     "--overlap/--no-overlap",
@@ -170,6 +173,13 @@ from prefgen.runtime.lock import exclusive
     "with a different result (verdict in the ledger and the JSONL).",
 )
 @check_options
+@click.option(
+    "--allow-missing-db",
+    is_flag=True,
+    default=default("allow_missing_db"),
+    help="Start although --db-root lacks databases the records name (their answers are judged unverifiable); "
+    "without it such a start is refused, naming them.",
+)
 @click.option(
     "--exec-workers",
     type=int,
@@ -210,7 +220,8 @@ from prefgen.runtime.lock import exclusive
     "--gpus-per-worker",
     type=float,
     default=default("gpus_per_worker"),
-    help="ray: GPUs Ray reserves for each engine worker [default: 1, 0 with --device cpu].",
+    help="ray: GPUs Ray reserves for each engine worker [default: 0 with --device cpu, or with --device auto on "
+    "a cluster without GPUs; else 1].",
 )
 @click.option(
     "--block-units",
@@ -230,16 +241,14 @@ def generate(no_progress, **options):
       prefgen generate --config run.yaml --batch-size 4
     """
     from prefgen.config import GenerateConfig
-    from prefgen.flow.run import generate as run_generate
+    from prefgen.executors import generate as run_generate
 
-    cfg = GenerateConfig(**options)
-    target = part_path(Path(cfg.output), cfg.rank, cfg.world_size)
-    if target != cfg.output_path:
-        from prefgen.files.json_output import adopt_earlier_output
-
-        if adopt_earlier_output(target, cfg.output_path, cfg.ledger_path):
-            click.echo(f"{target} was begun as JSON Lines by an earlier prefgen: continuing it as {cfg.output_path}")
+    cfg = GenerateConfig.from_flags(**options)
     summary = run_generate(cfg, sys.argv, show_progress=not no_progress)
+    if summary.adopted:
+        click.echo(
+            f"{cfg.target_path} was begun as JSON Lines by an earlier prefgen: continuing it as {summary.output}"
+        )
     counts = ", ".join(f"{status} {n}" for status, n in sorted(summary.counts.items()))
     if summary.done_now == 0:
         click.echo(f"Nothing to do: all {summary.total_units} units are already in the ledger ({counts}).")
@@ -248,14 +257,9 @@ def generate(no_progress, **options):
             f"Generated {summary.done_now} units; {summary.done_before + summary.done_now}"
             f"/{summary.total_units} done ({counts})."
         )
-    if target != summary.output and summary.finished:
-        from prefgen.files.json_output import write_json_output
-
-        with exclusive(summary.output):  # as a run holds it: no other run appends meanwhile
-            write_json_output(summary.output, target)
     answers = summary.answers
     if answers and (answers["reused"] or answers["regenerated"]):  # --reuse-answers, or a raised cap
-        from prefgen.resume.reuse import reuse_line
+        from prefgen.ledger.inspect import reuse_line
 
         click.echo(reuse_line(answers))
     if cfg.db_root:
@@ -263,7 +267,7 @@ def generate(no_progress, **options):
 
         unchecked = "Golds    not checked (a ledger made before gold checks)"
         click.echo(golds_line(summary.golds) if summary.golds else unchecked)
-    click.echo(f"Output: {where(target, summary.output, summary.finished)}\nLedger: {summary.ledger}")
+    click.echo(f"Output: {where(cfg.target_path, summary.output, summary.finished)}\nLedger: {summary.ledger}")
     if not summary.finished:
         click.echo("Some units could not be generated (oom/error): run the same command again to retry them.", err=True)
         sys.exit(EXIT_INCOMPLETE)

@@ -55,7 +55,7 @@ def check_invariance(samples, **options):
 
     if samples < 1:
         raise click.BadParameter("must be at least 1", param_hint="--samples")
-    cfg = GenerateConfig(output="", **options)
+    cfg = GenerateConfig.from_flags(output="", **options)
     results = run_check(cfg, samples)
     judged_mode = f"invariant {'on' if cfg.batch_invariant else 'off'}"
     judged = next(r for r in results if r.mode in ("transformers", judged_mode))

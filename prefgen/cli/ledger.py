@@ -28,12 +28,13 @@ def browse(path, host, port):
       prefgen browse runs/demo.jsonl            # then open http://127.0.0.1:8001/-/dashboards/run
       ssh -L 8001:localhost:8001 gpu-box        # from your laptop, for a run on a remote machine
     """
-    from prefgen.ledger.browse import prepare, serve
+    from prefgen.ledger.browse import listen, prepare, serve
 
     ledger = ledger_of(path)
     ds = prepare(ledger)
+    sock = listen(host, port)  # a port in use is an error before anything says "Serving"
     click.echo(f"Serving {ledger} read-only at http://{host}:{port}/-/dashboards/run (Ctrl-C to stop)")
-    serve(ds, host, port)
+    serve(ds, sock)
 
 
 @click.group()

@@ -17,15 +17,23 @@ from prefgen.config import (
     EVALUATORS,
     FALLBACK_MODES,
     GOLD_SUSPECT_MODES,
+    CheckPolicy,
     GenerateConfig,
 )
 from prefgen.errors import PrefgenError
 
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GenerateConfig) if f.default is not dataclasses.MISSING}
+_DEFAULTS = {
+    f.name: f.default
+    for cls in (GenerateConfig, CheckPolicy)
+    for f in dataclasses.fields(cls)
+    if f.default is not dataclasses.MISSING
+}
 
 
 def default(name: str):
-    """The default of GenerateConfig's field `name`: the one place a generate setting's default lives."""
+    """The default of GenerateConfig's (or CheckPolicy's) field `name`: the one place a generate
+    setting's default lives. The settings in config.UNSET_FIELDS have none on the command line:
+    left out, they are decided by the ledger (resume/settings.py)."""
     return _DEFAULTS[name]
 
 
@@ -92,7 +100,7 @@ def check_options(command):
             click.option(
                 "--evaluator",
                 type=click.Choice(EVALUATORS),
-                default=default("evaluator") or None,
+                default=None,
                 help="Whose execution accuracy decides: an answer is correct (chosen, never a reject) when every "
                 "selected evaluator scores it right, wrong (a reject) when every one scores it wrong, disputed "
                 f"otherwise [default: {DEFAULT_EVALUATOR}; a ledger made before evaluators keeps its lenient rule].",
@@ -119,7 +127,7 @@ def check_options(command):
             click.option(
                 "--db-variants",
                 type=int,
-                default=default("db_variants"),
+                default=None,
                 help="Perturbed copies of each database (shuffled, thinned, duplicated rows) a correct answer must "
                 f"also match the gold on; 0: off [default: {DEFAULT_DB_VARIANTS}; a ledger made before variants: 0].",
             ),

@@ -11,7 +11,7 @@ import threading
 
 import click
 
-from prefgen.errors import Interrupted, PrefgenError
+from prefgen.errors import Interrupted, PrefgenError, disk_full
 
 EXIT_INCOMPLETE = 3  # the run ended, but some units are oom/error and wait for the next run
 
@@ -58,5 +58,12 @@ def friendly_errors(command):
         except PrefgenError as exc:
             message = f"{exc}\nHint: {exc.hint}" if exc.hint else str(exc)
             raise click.ClickException(message) from exc
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            raise click.ClickException(
+                f"the disk is full: {exc}\nHint: free disk space, then run the same command again:"
+                " nothing committed is lost"
+            ) from exc
 
     return wrapper

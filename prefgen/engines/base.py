@@ -29,6 +29,7 @@ class Engine(Protocol):
 
     device: str  # recorded in the ledger
     adapter_merged: bool  # recorded in the ledger
+    settings: dict  # recorded in the ledger too: what the engine chose (vLLM: its batch sizes, LoRA mode)
 
     @property
     def overlap_default(self) -> bool:
@@ -89,6 +90,7 @@ class BatchEngine:
     their memory."""
 
     overlap_default = False
+    settings: dict = {}  # nothing chosen beyond the run's own settings (read only)
 
     def start(self, units: list[WorkUnit]) -> Future:
         """Begin generating one batch in a background thread (its units that fit the context)."""

@@ -127,8 +127,10 @@ def measure_in_process_of_its_own(cfg: GenerateConfig, samples: int, mode: str) 
         out = os.path.join(tmp, "result.json")
         job = {"settings": cfg.settings(), "samples": samples, "mode": mode, "out": out}
         process = subprocess.run(
-            [sys.executable, "-m", "prefgen.engines.invariance", json.dumps(job)], stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "prefgen.engines.invariance", json.dumps(job)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         answer = json.loads(open(out).read()) if os.path.exists(out) else {}
     if "failure" in answer:
@@ -163,7 +165,7 @@ def main() -> None:
     job = json.loads(sys.argv[1])
     logging.getLogger("prefgen").setLevel(logging.WARNING)
     try:
-        result = dataclasses.asdict(measure(GenerateConfig(**job["settings"]), job["samples"], job["mode"]))
+        result = dataclasses.asdict(measure(GenerateConfig.from_flags(**job["settings"]), job["samples"], job["mode"]))
     except PrefgenError as exc:
         result = {"failure": str(exc), "hint": exc.hint}
     with open(job["out"], "w") as handle:

@@ -64,8 +64,12 @@ def model_context(model_config, max_model_len: int = 0) -> int:
     config), or `--max-model-len` where given and smaller (0: no limit known)."""
     positions = getattr(model_config, "max_position_embeddings", None) or 0
     if max_model_len and positions and max_model_len > positions:
-        log.warning("--max-model-len %d is more than the model's %d positions: prompts must fit %d",
-                    max_model_len, positions, positions)
+        log.warning(
+            "--max-model-len %d is more than the model's %d positions: prompts must fit %d",
+            max_model_len,
+            positions,
+            positions,
+        )
         return positions
     return max_model_len or positions
 

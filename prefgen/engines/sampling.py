@@ -65,4 +65,3 @@ def choose_tokens(
     filtered = top_p_filter(logits / temperature, top_p)
     gumbel = -torch.log(-torch.log(uniform_noise(seeds, step, logits.shape[-1])))
     return (filtered.to(torch.float64) + gumbel).argmax(dim=-1)
-

@@ -35,9 +35,12 @@ AUTO_BATCH_LIMIT_CUDA = 1024
 
 
 def pick_device(requested: str) -> str:
-    """The device to run on; CUDA that is not there falls back to CPU with a warning."""
+    """The device to run on: `auto` is CUDA where torch sees it, else the CPU; CUDA asked for
+    that is not there falls back to the CPU with a warning."""
     import torch
 
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
         log.warning("--device %s asked for, but CUDA is not available: running on CPU", requested)
         return "cpu"

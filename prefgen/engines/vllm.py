@@ -81,7 +81,7 @@ MEMORY_HINT = (
 def prepare_environment(cfg: GenerateConfig) -> None:
     """The environment vLLM reads when it starts, set before it is imported."""
     local_rank = os.environ.get("LOCAL_RANK")
-    if local_rank is not None and cfg.device.startswith("cuda"):
+    if local_rank is not None and (cfg.device == "auto" or cfg.device.startswith("cuda")):
         visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         devices = visible.split(",") if visible else None
         os.environ["CUDA_VISIBLE_DEVICES"] = devices[int(local_rank)] if devices else local_rank
@@ -221,22 +221,7 @@ class VLLMEngine(TokenizerSide):
         active: dict[str, tuple[Batch, int]] = {}
         waiting: deque = deque()  # (batch, index, prompt, params) not yet in the engine
         try:
-            while True:
-                block = not active and not waiting
-                try:
-                    while True:
-                        batch = self.inbox.get(block=block)
-                        if batch is None:
-                            return
-                        if isinstance(batch, Call):
-                            batch.run(self.llm)
-                            continue
-                        if not batch.requests:
-                            batch.finish()
-                        waiting.extend((batch, *request) for request in batch.requests)
-                        block = False
-                except queue.Empty:
-                    pass
+            while self._take_inbox(waiting, block=not active and not waiting):
                 while waiting and len(active) < self.max_running:
                     batch, index, row, params = waiting.popleft()
                     request_id = f"{id(batch)}-{index}"
@@ -248,13 +233,35 @@ class VLLMEngine(TokenizerSide):
                         batch, index = active.pop(output.request_id)
                         batch.done(index, list(output.outputs[0].token_ids))
         except BaseException as exc:  # every batch waiting fails with it, in the run loop's thread
-            self.failure = exc
-            for batch in {id(b): b for b, *_ in [*active.values(), *waiting]}.values():
-                batch.fail(exc)
-            while not self.inbox.empty():
-                pending = self.inbox.get_nowait()
-                if pending is not None:
-                    pending.fail(exc)
+            self._fail_all(exc, [*active.values(), *waiting])
+
+    def _take_inbox(self, waiting: deque, block: bool) -> bool:
+        """Move what the inbox holds into `waiting` (waiting for something when `block`), and run
+        the calls it holds; False once it says to stop."""
+        try:
+            while True:
+                batch = self.inbox.get(block=block)
+                if batch is None:
+                    return False
+                if isinstance(batch, Call):
+                    batch.run(self.llm)
+                    continue
+                if not batch.requests:
+                    batch.finish()
+                waiting.extend((batch, *request) for request in batch.requests)
+                block = False
+        except queue.Empty:
+            return True
+
+    def _fail_all(self, exc: BaseException, pending: list) -> None:
+        """Fail every batch in the engine or waiting, and those still in the inbox, with `exc`."""
+        self.failure = exc
+        for batch in {id(b): b for b, *_ in pending}.values():
+            batch.fail(exc)
+        while not self.inbox.empty():
+            queued = self.inbox.get_nowait()
+            if queued is not None:
+                queued.fail(exc)
 
     def call(self, function) -> Future:
         """Run `function(vLLM's engine)` in the driver thread, between steps (check-invariance

@@ -29,7 +29,7 @@ GB = 1e9
 
 
 def choose_lora(cfg: GenerateConfig, device: str, supported=None) -> str:
-    """"native" or "merge" for a run with an adapter ("" without one): `--lora` as given, and for
+    """ "native" or "merge" for a run with an adapter ("" without one): `--lora` as given, and for
     `auto` native on CUDA where vLLM supports the model's LoRA (`supported`: that answer, for
     tests; None: asked of vLLM)."""
     if not cfg.adapter_path or not Path(cfg.adapter_path).expanduser().exists():

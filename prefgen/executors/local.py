@@ -1,172 +1,119 @@
-"""Step 8a of the flow: batches in flight, from generating to committed.
+"""The local executor: the flow's steps run in this process, batch after batch.
 
 Three things overlap: a batch generates (in the engine's background thread) while the batch
 before it is judged and its SQL executed (in worker processes), and batches whose verdicts are
-in are committed, always in batch order. Each commit also settles the samples it completes
-(attempts.py's rule, the one pending.py asks at start-up): with --max-attempts the further
-attempts they need join the units still to generate; with --pairs onpolicy, once a sample
-needs nothing more, its pairs are committed with it.
+in are committed, always in batch order. Each commit settles the samples it completes
+(flow/settle.py): with --max-attempts the further attempts they need join the units still to
+generate; with --pairs onpolicy, once a sample needs nothing more, its pairs are committed with it.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
-from functools import partial
-from typing import Callable, Iterable, Iterator
+from itertools import islice
+from typing import Callable, Iterator
 
-from prefgen.flow.attempts import AttemptRule
-from prefgen.flow.batching import window_start
-from prefgen.flow.commit import OutputJournal, unit_row
-from prefgen.config import LENIENT, GenerateConfig
 from prefgen.engines.base import Engine
+from prefgen.errors import Interrupted
+from prefgen.flow.batching import batches, window_start
 from prefgen.flow.judge import judge_batch, with_verdict
-from prefgen.ledger.store import Ledger
-from prefgen.flow.pairing import SamplePairs, candidate_from_row, form_pairs, model_pairs
-from prefgen.flow.plan import attempt_units
+from prefgen.flow.plan import plan_units
+from prefgen.flow.run import Run
+from prefgen.flow.settle import OpenSamples
 from prefgen.runtime.faults import fault_point
-from prefgen.flow.suspects import gold_check
-from prefgen.units import CANDIDATE, GOLD_SUSPECT, WRITTEN, Judged, Record, WorkUnit
+from prefgen.units import CANDIDATE, WRITTEN, Judged, WorkUnit
+
+log = logging.getLogger("prefgen")
 
 VERDICT_BACKLOG = 2  # batches judged but waiting for execution verdicts before we wait for them
+AUTO_PROBE_RECORDS = 64  # --batch-size auto sizes batches for the longest of the first records
 
 
-def onpolicy_count(num_rejects: int, rows: list[dict]) -> int:
-    """What a sample's units give towards --num-rejects with --pairs onpolicy: the pairs the
-    model's own answers already form."""
-    return model_pairs([candidate_from_row(row) for row in rows], num_rejects)
+class BatchRows:
+    """Rows per batch: --batch-size, or for `auto` the size found at start-up, lowered after an
+    out-of-memory backoff to the size that was retried, so that later batches start there."""
+
+    def __init__(self, run: Run, rows: int, auto: bool):
+        self.run, self.rows, self.auto = run, rows, auto
+
+    def __call__(self) -> int:
+        return self.rows
+
+    def backoff(self, rows: int, half: int) -> None:
+        """An out-of-memory backoff from `rows` to `half` rows at once: warn and record it."""
+        log.warning("out of memory with %d rows: retrying as batches of %d", rows, half)
+        detail = {"rows": rows, "retry_rows": half}
+        if self.auto and half < self.rows:
+            self.rows = half  # auto: later batches start at the size that fits
+            detail["batch_size"] = half
+        self.run.record_event("oom_backoff", detail)
 
 
-def attempt_rule(cfg: GenerateConfig) -> AttemptRule:
-    """The attempts rule of a run's settings: with --pairs onpolicy, what counts is the pairs a
-    sample's candidates form, and further attempts come in waves of --num-rejects."""
-    if cfg.onpolicy:
-        return AttemptRule(cfg.num_rejects, cfg.attempts, cfg.num_rejects, partial(onpolicy_count, cfg.num_rejects))
-    return AttemptRule(cfg.num_rejects, cfg.attempts)
+def choose_batch_size(run: Run, engine: Engine) -> int:
+    """`--batch-size`, or for `auto` the largest that fits the longest of the first prompts."""
+    cfg = run.cfg
+    if cfg.batch_size != "auto":
+        return cfg.batch_size
+    first = plan_units(islice(run.records(), AUTO_PROBE_RECORDS), 1, cfg.seed)
+    longest = max((engine.prompt_length(u) for u in first), default=1)
+    rows = engine.find_batch_size(longest)
+    log.info("--batch-size auto: %d rows fit (prompt %d + %d new tokens)", rows, longest, cfg.max_new_tokens)
+    run.record_event("batch_size_auto", {"rows": rows, "prompt_tokens": longest})
+    return rows
 
 
-class OpenSamples:
-    """The samples whose units are in flight, and the further attempts (--max-attempts) the
-    ones a commit completes still need, to be generated next.
+class LocalExecutor:
+    """Runs a run's pending units in this process: generate, judge, settle, commit."""
 
-    With --db-root and --pairs gold the gold of each sample is checked once all its answers are
-    judged (suspects.py), and every line carries the outcome: so the units of a sample are held
-    back, uncommitted, until its last one is judged, and committed together (a crash meanwhile
-    loses only uncommitted units: they are generated again, with the same seeds)."""
+    def execute(self, run: Run, units: Iterator[WorkUnit], engine: Engine | None = None) -> int:
+        """Load the engine and generate batch after batch through the commit pipeline; return
+        the units committed. Whatever happens, no engine thread is left running, and the
+        processes this run started (an engine it loaded, the verdict workers) are closed."""
+        cfg = run.cfg
+        owned = engine is None  # an engine this run loads, it closes (with its processes, if any)
+        checker = pipeline = loaded = None
+        if run.policy:  # the workers start while the model loads
+            from prefgen.sql.workers import CheckerPool
 
-    def __init__(self, cfg: GenerateConfig, ledger: Ledger, rule: AttemptRule):
-        self.cfg, self.ledger, self.rule = cfg, ledger, rule
-        self.hold = cfg.checks_gold and not cfg.onpolicy
-        self.open: dict[int, list] = {}  # tracked: sample -> [record, units in flight]
-        self.held: dict[int, list[Judged]] = {}  # gold checked: sample -> its judged units not committed yet
-        self.followups: deque[WorkUnit] = deque()  # --max-attempts: further attempts to make
+            checker = CheckerPool(run.policy, cfg.exec_workers)
+        try:
+            loaded = run.load_engine(engine)
+            rows = BatchRows(run, choose_batch_size(run, loaded), cfg.batch_size == "auto")
+            overlap = cfg.overlap if cfg.overlap is not None else loaded.overlap_default
+            with run.progress() as progress:
+                pipeline = CommitPipeline(run, loaded, checker, on_backoff=rows.backoff, on_commit=progress)
+                self.loop(run, pipeline, units, rows, overlap)
+        except BaseException as exc:
+            if pipeline and not (isinstance(exc, Interrupted) and exc.immediate):
+                pipeline.wait_quietly()  # a second signal stops at once; otherwise never leave torch running
+            raise
+        finally:
+            if checker:
+                checker.close()
+            if owned and loaded is not None:
+                loaded.close()
+        return pipeline.done
 
-    @property
-    def tracks(self) -> bool:
-        """Whether the units in flight are counted per sample (to know when one is complete)."""
-        return self.rule.has_further or self.hold
-
-    def tracked(self, units: Iterable[WorkUnit]) -> Iterator[WorkUnit]:
-        """The pending units, with further attempts slipped in as they are planned; counts each
-        sample's units in flight."""
-        track = self.tracks
-        for unit in units:
-            while self.followups:
-                yield self.followups.popleft()
-            if track:
-                self.open.setdefault(unit.sample_index, [unit.record, 0])[1] += 1
-            yield unit
-        while self.followups:
-            yield self.followups.popleft()
-
-    def settle(self, judged: list[Judged]) -> Settled:
-        """For each sample whose units in flight this batch completes, from its units in the
-        ledger, held back and in this batch: with --pairs onpolicy, its pairs once it needs no
-        further attempt; with --max-attempts, the next wave of attempts it needs; with the gold
-        checked, whether it is suspect. Returns what to commit now, in batch order."""
-        if not (self.tracks or self.cfg.onpolicy):
-            return Settled(judged)
-        batch: dict[int, list] = {}
-        for item in judged:
-            batch.setdefault(item.unit.sample_index, [item.unit.record]).append(item)
-        settled = Settled([])
-        for sample, (record, *items) in batch.items():
-            if self.tracks:
-                entry = self.open.get(sample)
-                if entry is None:
-                    settled.items += items
-                    continue
-                entry[1] -= len(items)
-                if entry[1]:
-                    self._wait(settled, sample, items)  # more of its units are in flight
-                    continue
-            held = self.held.pop(sample, [])
-            units = {row["reject_index"]: row for row in self.ledger.sample_units(sample)}
-            units.update((item.unit.reject_index, unit_row(item)) for item in held + items)
-            need = self.rule.need(units)
-            if need.further and not need.retry:
-                self.open[sample] = [record, len(need.further)]
-                settled.further += attempt_units(record, need.further, self.cfg.seed)
-                self._wait(settled, sample, held + items)
-                continue
-            self.open.pop(sample, None)  # complete, or with oom / error units the next run retries
-            rows = [units[attempt] for attempt in sorted(units)]
-            mode = self.cfg.gold_suspect if self.cfg.checks_gold else ""
-            suspect, skip = gold_check(rows, mode, self.cfg.suspect_share)
-            if self.cfg.onpolicy:
-                settled.items += items
-                if need.retry:
-                    continue  # paired once the next run has its missing answers
-                settled.paired.append(self.pairs_of(record, rows, suspect, skip))
-            else:
-                settled.items += [self.flagged(item, suspect, skip) for item in held + items]
-                if skip:  # settled with no pair (sample_progress reads it)
-                    settled.paired.append(SamplePairs(record, [], [], suspect=suspect, skipped=True))
-            if suspect is not None:
-                settled.checked.append(gold_check_row(record, suspect))
-        return settled
-
-    def _wait(self, settled: "Settled", sample: int, items: list[Judged]) -> None:
-        """Hold a sample's judged units back until it is complete (gold checked), or commit them."""
-        if self.hold:
-            self.held.setdefault(sample, []).extend(items)
-        else:
-            settled.items += items
-
-    def flagged(self, item: Judged, suspect: str | None, skip: bool) -> Judged:
-        """A gold-mode unit with its sample's gold check: under --gold-suspect skip, a reject of a
-        suspect gold is not written."""
-        if suspect is None:
-            return item
-        if skip and item.status == WRITTEN:
-            return replace(item, status=GOLD_SUSPECT, detail=suspect, suspect=suspect)
-        return replace(item, suspect=suspect)
-
-    def pairs_of(self, record: Record, rows: list[dict], suspect: str | None, skip: bool) -> SamplePairs:
-        """The pairs of a sample that needs nothing more, from its units' rows (none when its
-        gold check says skip)."""
-        cfg = self.cfg
-        candidates = [candidate_from_row(row) for row in rows if row["status"] == CANDIDATE]
-        pairs = [] if skip else form_pairs(candidates, cfg.num_rejects, cfg.answer, cfg.fallback, record.output)
-        scored = cfg.evaluator != LENIENT
-        return SamplePairs(record, pairs, candidates, cfg.answer, scored=scored, suspect=suspect, skipped=skip)
-
-
-def gold_check_row(record: Record, suspect: str) -> dict:
-    """The ledger's gold check of a sample (its `samples` row's columns)."""
-    return {"sample_index": record.index, "gold_suspect": int(bool(suspect)), "suspect_detail": suspect or None}
-
-
-@dataclass
-class Settled:
-    """What a commit writes: the units ready (in batch order), the on-policy samples it pairs,
-    the gold checks of gold-mode samples it completes, and the further attempts to make."""
-
-    items: list[Judged]
-    paired: list[SamplePairs] = field(default_factory=list)
-    checked: list[dict] = field(default_factory=list)
-    further: list[WorkUnit] = field(default_factory=list)
+    def loop(self, run: Run, pipeline: "CommitPipeline", units: Iterator[WorkUnit], rows: BatchRows, overlap: bool):
+        """Batch after batch of the pending units, then of the further attempts their commits
+        planned, until none is left. Without overlap, or once a stop is asked for, each batch is
+        committed before the next starts."""
+        cfg, stop = run.cfg, run.stop
+        while True:
+            tracked = pipeline.samples.tracked(units)
+            prompt_length = pipeline.engine.prompt_length
+            for batch in batches(tracked, rows, cfg.max_batch_tokens, cfg.lookahead, prompt_length, cfg.max_new_tokens):
+                pipeline.step(batch)
+                if not overlap or stop.received is not None:
+                    # a stop waits for the batch in flight and commits everything first
+                    pipeline.settle(drain=stop.received is not None)
+                    stop.check()
+            pipeline.settle(drain=True)
+            if not pipeline.samples.followups:
+                return
+            units = iter(())  # only the further attempts the last commits asked for
 
 
 class CommitPipeline:
@@ -178,18 +125,14 @@ class CommitPipeline:
 
     def __init__(
         self,
-        cfg: GenerateConfig,
+        run: Run,
         engine: Engine,
-        journal: OutputJournal,
-        run_id: int,
-        samples: OpenSamples,
-        kept: dict[int, set[str]],
         checker=None,
         on_backoff: Callable[[int, int], None] = lambda rows, half: None,
         on_commit: Callable[[int, int], None] = lambda units, added: None,
     ):
-        self.cfg, self.engine, self.journal, self.run_id = cfg, engine, journal, run_id
-        self.samples, self.kept = samples, kept  # kept: sample -> its candidates' SQL, for --dedup-rejects
+        self.run, self.cfg, self.engine = run, run.cfg, engine
+        self.samples = OpenSamples(run.cfg, run.ledger, run.rule)
         self.checker = checker  # CheckerPool with --db-root
         self.on_backoff, self.on_commit = on_backoff, on_commit
         self.in_flight: tuple[list[WorkUnit], Future] | None = None
@@ -217,12 +160,12 @@ class CommitPipeline:
         answers, backoffs = self.engine.answers(batch, future)
         for rows, half in backoffs:
             self.on_backoff(rows, half)
-        judged = judge_batch(batch, answers, self.kept, self.cfg.dedup_rejects, self.cfg.onpolicy)
+        judged = judge_batch(batch, answers, self.run.dedup, self.cfg.onpolicy)
         verdicts = [self.submit_check(item) for item in judged] if self.checker else []
         self.waiting.append((judged, verdicts))
         first = window_start(batch[0].sample_index, self.cfg.lookahead)
-        for sample in [s for s in self.kept if s < first and s not in self.samples.open]:
-            del self.kept[sample]  # samples of finished windows: keeps memory bounded
+        # samples of finished windows: keeps memory bounded
+        self.run.dedup.forget(lambda s: s >= first or s in self.samples.open)
         self.commit_ready(backlog=VERDICT_BACKLOG)
 
     def submit_check(self, item: Judged) -> Future | None:
@@ -243,7 +186,7 @@ class CommitPipeline:
             if verdicts:
                 judged = [self.with_verdict(item, check) for item, check in zip(judged, verdicts, strict=True)]
             settled = self.samples.settle(judged)
-            self.journal.commit(self.run_id, settled.items, settled.paired, settled.checked)
+            self.run.commit(settled)
             self.done += len(settled.items)
             self.samples.followups.extend(settled.further)
             self.on_commit(len(settled.items), len(settled.further))

@@ -16,14 +16,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from itertools import groupby
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import ray
 
+import prefgen.executors.ray_flow as flow
 from prefgen.errors import CheckError, PrefgenError
-from prefgen.executors import ray_flow as flow
 from prefgen.executors.ray_pool import LOST, WorkerPool
 from prefgen.executors.ray_workers import judge_block
+from prefgen.flow.run import Run
 from prefgen.units import WorkUnit
 
 log = logging.getLogger("prefgen")
@@ -66,11 +67,12 @@ class Task:
 
 
 class Scheduler:
-    """One Ray run's loop over its blocks (see the module's docstring)."""
+    """One Ray run's loop over its blocks (see the module's docstring). `advance(units, added)`
+    hears of each commit (Run.progress)."""
 
-    def __init__(self, run, pool: WorkerPool, units: Iterable[WorkUnit], bar, summary):
-        self.run, self.cfg, self.pool, self.bar, self.summary = run, run.cfg, pool, bar, summary
-        self.policy = run.cfg.check_policy()
+    def __init__(self, run: Run, pool: WorkerPool, units: Iterable[WorkUnit], advance: Callable[[int, int], None]):
+        self.run, self.cfg, self.pool, self.advance = run, run.cfg, pool, advance
+        self.policy = run.policy
         self.source = cut_blocks(units, run.cfg.block_size)
         self.samples = flow.Samples(run)
         self.blocks: deque[Block] = deque()  # open, in order
@@ -149,21 +151,21 @@ class Scheduler:
             self.dispatch()  # the worker takes its next block before this one is judged and committed
         for count, half in backoffs:
             log.warning("out of memory with %d rows: retrying as batches of %d", count, half)
-            flow.record_event(self.run, "oom_backoff", {"rows": count, "retry_rows": half, "block": task.block.index})
+            self.run.record_event("oom_backoff", {"rows": count, "retry_rows": half, "block": task.block.index})
         if self.policy is None:  # judging without executing SQL is cheap: here
-            self.settle(task, flow.judge_block(self.cfg, task.units, answers, self.run.kept))
+            self.settle(task, flow.judge_block(self.cfg, task.units, answers, self.run.dedup))
             return
         self.start_judging(task, answers)
 
     def start_judging(self, task: Task, answers: list) -> None:
-        kept = {sample: set(self.run.kept.get(sample, ())) for sample in task.block.samples}
-        ref = judge_block.options(num_cpus=1).remote(self.cfg, self.policy, task.units, answers, kept)
+        dedup = flow.dedup_part(self.run.dedup, task.block.samples)
+        ref = judge_block.options(num_cpus=1).remote(self.cfg, self.policy, task.units, answers, dedup)
         self.judging[ref] = (task, answers)
 
     def judged(self, ref) -> None:
         task, answers = self.judging.pop(ref)
         try:
-            judged, kept = ray.get(ref)
+            judged, dedup = ray.get(ref)
         except LOST as exc:
             task.tries += 1
             if task.tries >= MAX_TRIES:
@@ -171,7 +173,7 @@ class Scheduler:
             log.warning("judging block %d lost (%s): judged again", task.block.index, type(exc).__name__)
             self.start_judging(task, answers)
             return
-        self.run.kept.update(kept)
+        flow.dedup_merge(self.run.dedup, dedup)
         self.settle(task, judged)
 
     def settle(self, task: Task, judged: list) -> None:
@@ -196,7 +198,8 @@ class Scheduler:
             )
         units = len(task.units)
         log.warning("block %d (%d units) goes back to the queue (try %d)", task.block.index, units, task.tries + 1)
-        flow.record_event(self.run, "block_retried", {"block": task.block.index, "units": units, "error": str(exc)[:200]})
+        detail = {"block": task.block.index, "units": units, "error": str(exc)[:200]}
+        self.run.record_event("block_retried", detail)
         self.queue.appendleft(task)
 
     def commit_ready(self) -> None:
@@ -206,4 +209,4 @@ class Scheduler:
             flow.commit(self.run, block.items, block.paired, block.checked)
             self.done += len(block.items)
             flow.forget(self.run, self.samples, block.samples)
-            flow.advance(self.bar, self.summary, len(block.items), block.added)
+            self.advance(len(block.items), block.added)

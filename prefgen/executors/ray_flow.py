@@ -1,60 +1,46 @@
 """The one place the Ray executor calls into prefgen's flow: load an engine, generate a block
 with it, judge a block, settle samples and commit. Everything here is the local run's own code
-(prefgen/flow/run.py, executors/local.py, flow/judge.py, flow/commit.py, sql/workers.py), reached through these few
-functions so that the executor follows the flow wherever its steps live. Imports no Ray.
+(flow/run.py's Run and load_engine, flow/batching.py, flow/judge.py, flow/settle.py,
+executors/local.py, sql/workers.py), reached through these few functions so that the executor
+follows the flow wherever its steps live. Imports no Ray.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from pathlib import Path
+from typing import Callable
 
 from prefgen.config import GenerateConfig, resolve_model_ref
-from prefgen.executors.local import OpenSamples, Settled
+from prefgen.engines.base import Engine
+from prefgen.executors.local import AUTO_PROBE_RECORDS
 from prefgen.flow.batching import batches
 from prefgen.flow.commit import unit_row
-from prefgen.flow.judge import judge_batch, with_verdict
-from prefgen.flow.run import AUTO_PROBE_RECORDS, GenerateRun, Summary, advance, progress_bar
+from prefgen.flow.judge import DedupIndex, judge_batch, with_verdict
+from prefgen.flow.run import Run, load_engine
+from prefgen.flow.settle import OpenSamples, Settled
 from prefgen.units import CANDIDATE, WRITTEN, Answer, Judged, WorkUnit
 
-log = logging.getLogger("prefgen")
-
-__all__ = ["GenerateRun", "Summary", "advance", "progress_bar"]
+__all__ = ["load_engine"]
 
 
 def worker_config(cfg: GenerateConfig) -> GenerateConfig:
     """The settings a worker loads its engine with: paths made absolute (a worker's directory is
     not the driver's; on a cluster they must be on storage every node sees)."""
-    absolute = {}
-    for name in ("base_model", "adapter_path"):
-        absolute[name] = resolve_model_ref(getattr(cfg, name))
-    for name in ("db_root", "reuse_answers", "sft_data"):
-        value = getattr(cfg, name)
-        absolute[name] = str(Path(value).expanduser().resolve()) if value else value
-    return dataclasses.replace(cfg, **absolute)
+    absolute = {name: resolve_model_ref(getattr(cfg, name)) for name in ("base_model", "adapter_path")}
+    for name in ("reuse_answers", "sft_data"):
+        absolute[name] = absolute_path(getattr(cfg, name))
+    check = dataclasses.replace(cfg.check, db_root=absolute_path(cfg.db_root))
+    return dataclasses.replace(cfg, check=check, **absolute)
 
 
-def load_engine(cfg: GenerateConfig):
-    """The engine a local run loads (GenerateRun.load): the model, or with --reuse-answers the
-    earlier run's answers, the model loaded only for what they lack."""
-    from prefgen.engines import load_engine as load
-
-    if not cfg.reuse_answers:
-        return load(cfg)
-    from prefgen.resume.reuse import reuse_engine
-
-    return reuse_engine(cfg, lambda: load(cfg))
+def absolute_path(value: str) -> str:
+    return str(Path(value).expanduser().resolve()) if value else value
 
 
-def engine_info(engine, cfg: GenerateConfig) -> dict:
-    """The `model_loaded` event a local run records for its engine."""
-    return {
-        "engine": cfg.engine,
-        "device": engine.device,
-        "adapter_merged": engine.adapter_merged,
-        **getattr(engine, "settings", {}),
-    }
+def engine_info(engine: Engine, cfg: GenerateConfig) -> dict:
+    """The `model_loaded` event a local run records for its engine (Run.load_engine)."""
+    return {"engine": cfg.engine, "device": engine.device, "adapter_merged": engine.adapter_merged, **engine.settings}
 
 
 def batch_rows(engine, cfg: GenerateConfig, units: list[WorkUnit]) -> int:
@@ -65,7 +51,9 @@ def batch_rows(engine, cfg: GenerateConfig, units: list[WorkUnit]) -> int:
     return engine.find_batch_size(longest)
 
 
-def generate_block(engine, cfg: GenerateConfig, units: list[WorkUnit], rows: int) -> tuple[list[Answer], list]:
+def generate_block(
+    engine: Engine, cfg: GenerateConfig, units: list[WorkUnit], rows: Callable[[], int]
+) -> tuple[list[Answer], list]:
     """A block's answers in unit order, generated batch by batch as the local loop cuts them
     (rows, --max-batch-tokens, --lookahead), and the out-of-memory backoffs made on the way."""
     position = {unit.key: i for i, unit in enumerate(units)}
@@ -88,11 +76,11 @@ def checker(policy):
 
 
 def judge_block(
-    cfg: GenerateConfig, units: list[WorkUnit], answers: list[Answer], kept: dict[int, set[str]], check=None
+    cfg: GenerateConfig, units: list[WorkUnit], answers: list[Answer], dedup: DedupIndex, check=None
 ) -> list[Judged]:
     """Judge a block as the local pipeline does (judge_batch, then with --db-root each written
-    reject or candidate executed: CommitPipeline.submit_check / with_verdict); `kept` updated."""
-    judged = judge_batch(units, answers, kept, cfg.dedup_rejects, cfg.onpolicy)
+    reject or candidate executed: CommitPipeline.submit_check / with_verdict); `dedup` updated."""
+    judged = judge_batch(units, answers, dedup, cfg.onpolicy)
     if check is None:
         return judged
     return [verdict_of(cfg, item, check) for item in judged]
@@ -104,6 +92,18 @@ def verdict_of(cfg: GenerateConfig, item: Judged, check) -> Judged:
     record = item.unit.record
     verdict = check(record.fields[cfg.db_field], record.output, item.sql)
     return with_verdict(item, verdict, check.policy.keeps(verdict))
+
+
+def dedup_part(dedup: DedupIndex, samples: set[int]) -> DedupIndex:
+    """The dedup index of a block's samples only: what a judging task is sent."""
+    part = DedupIndex(dedup.mode)
+    part.keys = {sample: set(dedup.keys[sample]) for sample in samples if sample in dedup.keys}
+    return part
+
+
+def dedup_merge(dedup: DedupIndex, part: DedupIndex) -> None:
+    """A judging task's index of its block's samples, back into the run's."""
+    dedup.keys.update(part.keys)
 
 
 class UncommittedView:
@@ -132,7 +132,7 @@ class Samples:
     """The local run's OpenSamples (attempts, gold checks, on-policy pairs), over the ledger with
     the uncommitted units in view."""
 
-    def __init__(self, run: GenerateRun):
+    def __init__(self, run: Run):
         self.view = UncommittedView(run.ledger)
         self.open = OpenSamples(run.cfg, self.view, run.rule)
 
@@ -147,19 +147,15 @@ class Samples:
         return settled
 
 
-def commit(run: GenerateRun, items: list[Judged], paired: list, checked: list) -> None:
-    """Commit a whole block with the local run's commit step, in (sample, reject) order."""
+def commit(run: Run, items: list[Judged], paired: list, checked: list) -> None:
+    """Commit a whole block with the run's commit step, in (sample, reject) order."""
     items = sorted(items, key=lambda item: item.unit.key)
     paired = sorted(paired, key=lambda sample: sample.record.index)
-    run.journal.commit(run.run_id, items, paired, sorted(checked, key=lambda row: row["sample_index"]))
+    checked = sorted(checked, key=lambda row: row["sample_index"])
+    run.commit(Settled(items, paired, checked))
 
 
-def forget(run: GenerateRun, samples: Samples, done: set[int]) -> None:
+def forget(run: Run, samples: Samples, done: set[int]) -> None:
     """Drop what the driver kept of samples whose block is committed (bounded memory)."""
     samples.view.forget(done)
-    for sample in done:
-        run.kept.pop(sample, None)
-
-
-def record_event(run: GenerateRun, kind: str, detail: dict) -> None:
-    run.ledger.record_event(run.run_id, kind, detail)
+    run.dedup.forget(lambda sample: sample not in done)

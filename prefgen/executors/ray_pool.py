@@ -103,7 +103,9 @@ class WorkerPool:
                     hint="lower --workers or --gpus-per-worker, add nodes, or set PREFGEN_RAY_WAIT_S to wait longer",
                 )
             if now >= notice:
-                log.warning("waiting for engine workers: %d of %d ready; %s", len(self.ready), self.low, self.shortage())
+                log.warning(
+                    "waiting for engine workers: %d of %d ready; %s", len(self.ready), self.low, self.shortage()
+                )
                 notice = now + NOTICE_S
             if self.starting:
                 ready, _ = ray.wait(self.refs, num_returns=1, timeout=min(1.0, deadline - now))

@@ -11,7 +11,7 @@ import logging
 
 import ray
 
-from prefgen.executors import ray_flow as flow
+import prefgen.executors.ray_flow as flow
 
 _checkers: dict = {}  # CheckPolicy -> Checker, per worker process: connections and golds reused
 
@@ -52,11 +52,12 @@ class EngineWorker:
 
 
 @ray.remote(max_retries=0)
-def judge_block(cfg, policy, units: list, answers: list, kept: dict) -> tuple[list, dict]:
-    """A block judged and, with --db-root, its SQL executed: (judged units, the samples' dedup keys)."""
+def judge_block(cfg, policy, units: list, answers: list, dedup) -> tuple[list, object]:
+    """A block judged and, with --db-root, its SQL executed: (judged units, the block's samples'
+    dedup index, updated)."""
     check = None
     if policy is not None:
         check = _checkers.get(policy)
         if check is None:
             check = _checkers[policy] = flow.checker(policy)
-    return flow.judge_block(cfg, units, answers, kept, check), kept
+    return flow.judge_block(cfg, units, answers, dedup, check), dedup

@@ -56,6 +56,7 @@ def adopt_earlier_output(target: Path, journal: Path, ledger_path: Path) -> bool
     `.json`. Make that file the journal (rename, then record it in the ledger; both steps are
     safe to repeat after a crash between them), so the run resumes and ends with an array.
     Returns whether there was such an output."""
+    from prefgen.ledger import keys
     from prefgen.ledger.store import Ledger
     from prefgen.runtime.lock import exclusive
 
@@ -64,12 +65,12 @@ def adopt_earlier_output(target: Path, journal: Path, ledger_path: Path) -> bool
     with exclusive(target), exclusive(ledger_path):
         ledger = Ledger(ledger_path)
         try:
-            if ledger.meta("output_path") != str(target.resolve()):
+            if ledger.meta(keys.OUTPUT_PATH) != str(target.resolve()):
                 return False
             if target.exists() and not journal.exists():
                 target.rename(journal)
                 fsync_directory(journal.parent)
-            ledger.set_meta({"output_path": str(journal.resolve())})
+            ledger.update_meta({keys.OUTPUT_PATH: str(journal.resolve())})
         finally:
             ledger.close()
     return True

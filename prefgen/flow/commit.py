@@ -21,8 +21,9 @@ import orjson
 
 from prefgen.config import execution_reward
 from prefgen.errors import OutputError
-from prefgen.ledger.store import Ledger
 from prefgen.flow.pairing import GOLD, MODEL, Pair, SamplePairs, pair_fields
+from prefgen.ledger import keys
+from prefgen.ledger.store import Ledger
 from prefgen.runtime.faults import fault_point
 from prefgen.units import CHOSEN, REJECTED, WRITTEN, Judged
 
@@ -133,8 +134,8 @@ def check_committed(ledger: Ledger, path: Path) -> tuple[int, "hashlib._Hash"]:
     Bytes past the committed length are allowed (an interrupted commit); the committed part
     must be there and hash to the ledger's value.
     """
-    base = int(ledger.meta("output_base", "0"))
-    committed = int(ledger.meta("output_committed", "0"))
+    base = int(ledger.meta(keys.OUTPUT_BASE, "0"))
+    committed = int(ledger.meta(keys.OUTPUT_COMMITTED, "0"))
     size = path.stat().st_size if path.exists() else 0
     if size < committed:
         raise OutputError(
@@ -143,7 +144,7 @@ def check_committed(ledger: Ledger, path: Path) -> tuple[int, "hashlib._Hash"]:
             hint=REPAIR_HINT.format(path=path),
         )
     digest = hash_range(path, base, committed) if path.exists() else hashlib.sha256()
-    if digest.hexdigest() != ledger.meta("output_sha256"):
+    if digest.hexdigest() != ledger.meta(keys.OUTPUT_SHA256):
         raise OutputError(
             f"{path} no longer matches the ledger (its content was edited behind prefgen's back)",
             hint=REPAIR_HINT.format(path=path),
@@ -165,17 +166,16 @@ class OutputJournal:
     def open(self) -> None:
         """Reconcile the file with the ledger (truncating an uncommitted tail) and open it."""
         size = self.path.stat().st_size if self.path.exists() else 0
-        if self.ledger.meta("output_committed") is None:
+        if self.ledger.meta(keys.OUTPUT_COMMITTED) is None:
             # prefgen appends: whatever the file held before this ledger existed is left alone.
-            with self.ledger.db.atomic():
-                self.ledger.set_meta(
-                    {
-                        "output_path": str(self.path.resolve()),
-                        "output_base": str(size),
-                        "output_committed": str(size),
-                        "output_sha256": hashlib.sha256().hexdigest(),
-                    }
-                )
+            self.ledger.update_meta(
+                {
+                    keys.OUTPUT_PATH: str(self.path.resolve()),
+                    keys.OUTPUT_BASE: str(size),
+                    keys.OUTPUT_COMMITTED: str(size),
+                    keys.OUTPUT_SHA256: hashlib.sha256().hexdigest(),
+                }
+            )
         self._check_path()
         self.committed, self.digest = check_committed(self.ledger, self.path)
         if size > self.committed:
@@ -186,7 +186,7 @@ class OutputJournal:
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def _check_path(self) -> None:
-        recorded = self.ledger.meta("output_path")
+        recorded = self.ledger.meta(keys.OUTPUT_PATH)
         if recorded != str(self.path.resolve()):
             raise OutputError(
                 f"the ledger {self.ledger.path} belongs to the output {recorded}, not {self.path.resolve()}",
@@ -239,7 +239,7 @@ class OutputJournal:
             self.ledger.commit_units(
                 run_id,
                 rows,
-                {"output_committed": str(offset), "output_sha256": digest.hexdigest()},
+                {keys.OUTPUT_COMMITTED: str(offset), keys.OUTPUT_SHA256: digest.hexdigest()},
                 pairs,
                 [sample_row(sample) for sample in samples],
                 self.record_rows(items),

@@ -19,6 +19,7 @@ the same SQL gets the same verdict, so it is not executed twice.
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Callable, Iterable
 
 from prefgen.flow.extract import extract_sql
 from prefgen.sql.normalize import dedup_key, normalize_sql
@@ -62,11 +63,38 @@ def with_verdict(item: Judged, verdict: Verdict, keep: bool) -> Judged:
     return replace(item, status=WRITTEN if keep else DROPPED, verdict=verdict, detail=verdict.detail)
 
 
+class DedupIndex:
+    """Per sample, the dedup keys (--dedup-rejects) of its candidates so far: the judge's memory
+    of what a sample already has, filled from the ledger at start-up and by each judged batch."""
+
+    def __init__(self, mode: str = ""):
+        self.mode = mode  # "" (off), "exact" or "sql"
+        self.keys: dict[int, set[str]] = {}
+
+    def remember(self, sample: int, sqls: Iterable[str]) -> None:
+        """Record candidates a sample already has (its ledger rows, at start-up)."""
+        keys = {dedup_key(sql, self.mode) for sql in sqls}
+        if keys:
+            self.keys[sample] = keys
+
+    def duplicate(self, sample: int, sql: str) -> bool:
+        """Whether `sql` repeats an earlier candidate of the sample (only with --dedup-rejects)."""
+        return bool(self.mode) and dedup_key(sql, self.mode) in self.keys.get(sample, ())
+
+    def add(self, sample: int, sql: str) -> None:
+        self.keys.setdefault(sample, set()).add(dedup_key(sql, self.mode))
+
+    def forget(self, keep: Callable[[int], bool]) -> None:
+        """Drop the samples `keep` says are done with (keeps memory bounded on any input)."""
+        for sample in [s for s in self.keys if not keep(s)]:
+            del self.keys[sample]
+
+
 def judge_batch(
-    units: list[WorkUnit], answers: list[Answer], kept: dict[int, set[str]], dedup: str, onpolicy: bool = False
+    units: list[WorkUnit], answers: list[Answer], index: DedupIndex, onpolicy: bool = False
 ) -> list[Judged]:
-    """Judge a batch in unit order; `kept` (sample -> dedup keys of its candidates) is updated.
-    With `onpolicy`, answers with SQL are candidates, to be executed."""
+    """Judge a batch in unit order, updating the dedup index. With `onpolicy`, answers with SQL
+    are candidates, to be executed."""
     results = []
     for unit, answer in zip(units, answers, strict=True):
         if answer.oom:
@@ -77,15 +105,14 @@ def judge_batch(
             results.append(Judged(unit, answer, TOO_LONG, detail=detail))
             continue
         sql = extract_sql(answer.text)
-        seen = kept.setdefault(unit.sample_index, set())
         if not sql:
             status = NO_SQL
         elif not onpolicy and normalize_sql(sql) == normalize_sql(unit.record.output):
             status = SAME_AS_GOLD
-        elif dedup and dedup_key(sql, dedup) in seen:
+        elif index.duplicate(unit.sample_index, sql):
             status = DUPLICATE
         else:
             status = CANDIDATE if onpolicy else WRITTEN
-            seen.add(dedup_key(sql, dedup))
+            index.add(unit.sample_index, sql)
         results.append(Judged(unit, answer, status, sql))
     return results

@@ -7,13 +7,12 @@ after each commit.
 from __future__ import annotations
 
 from itertools import groupby, islice
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
-from prefgen.flow.attempts import AttemptRule
 from prefgen.errors import ChangedInput
-from prefgen.ledger.store import Ledger
+from prefgen.flow.attempts import AttemptRule
 from prefgen.flow.plan import attempt_units
-from prefgen.sql.normalize import dedup_key
+from prefgen.ledger.store import Ledger
 from prefgen.units import CANDIDATE_STATUSES, Record, WorkUnit
 
 WINDOW = 1024  # records looked up in the ledger per query: bounds memory on any input size
@@ -54,10 +53,14 @@ def scan_records(records: Iterable[Record], ledger: Ledger) -> int:
 
 
 def pending_units(
-    records: Iterable[Record], ledger: Ledger, rule: AttemptRule, seed: int, kept: dict[int, set[str]], dedup: str = ""
+    records: Iterable[Record],
+    ledger: Ledger,
+    rule: AttemptRule,
+    seed: int,
+    remember: Callable[[int, list[str]], None] = lambda sample, sqls: None,
 ) -> Iterator[WorkUnit]:
-    """The units still to generate under `rule`, in order; fills `kept` with each sample's
-    candidate SQL (as dedup keys, for --dedup-rejects)."""
+    """The units still to generate under `rule`, in order; `remember(sample, sqls)` hears each
+    sample's candidates so far (judge.DedupIndex.remember, for --dedup-rejects)."""
     for window in windows(records):
         known = ledger.units_between(window[0].index, window[-1].index)
         hashes = recorded_hashes(known)
@@ -65,9 +68,7 @@ def pending_units(
         for sample, rows in groupby(sorted(known.items()), key=lambda item: item[0][0]):
             rows = [row for _, row in rows]
             units[sample] = {row["reject_index"]: row for row in rows}
-            candidates = {dedup_key(row["sql"], dedup) for row in rows if row["status"] in CANDIDATE_STATUSES}
-            if candidates:
-                kept[sample] = candidates
+            remember(sample, [row["sql"] for row in rows if row["status"] in CANDIDATE_STATUSES])
         for record in window:
             todo = rule.need(units.get(record.index, {})).attempts
             if todo:

@@ -1,49 +1,42 @@
-"""`prefgen generate`: drive the flow from records to committed units, resumably.
+"""A generate run's session: what every executor shares around the flow's steps.
 
-records -> plan -> skip what the ledger has -> batch -> generate (an engine: transformers or
-  vLLM, behind prefgen.engines.base.Engine) -> extract/judge -> (with --db-root) execution
-  verdicts in worker processes -> (with --pairs onpolicy) pairs of completed samples -> commit
+An executor (executors/local.py, or a cluster one) is handed an open `Run` and the pending
+units, and calls the steps in this order (docs/layout.md, "The seam"):
 
-This module is the driver: open the ledger and the output, reconcile them with the input,
-plan what is pending, load the engine, feed batches to the commit pipeline (pipeline.py: a
-batch generates while the one before it is judged and committed), and summarise. Which
-attempts a sample needs is attempts.py's rule. The run loop never asks which engine it drives.
+1. `run.load_engine()`: the engine (steps 5-6), recorded in the ledger;
+2. per batch: `engine.start`/`engine.answers`, then `judge.judge_batch(units, answers,
+   run.dedup, onpolicy)` and, with --db-root, the execution verdicts (`judge.with_verdict`);
+3. `settle.OpenSamples(run.cfg, run.ledger, run.rule).settle(judged)`: gold checks, pairs and
+   further attempts of the samples a batch completes;
+4. `run.commit(settled)`: the JSONL and the ledger together (commit.py), in order.
+
+Everything before (settings resolved against the ledger, the resume checks, reconciling the
+output and the input, what is pending) and after (the run's end in the ledger, the summary,
+a .json output's array) is done here, once, whichever executor ran the units.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
-import signal
 from dataclasses import dataclass
-from functools import partial
-from itertools import chain, islice
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-import orjson
-
-from prefgen.resume import raise_cap
-from prefgen.flow.batching import batches
-from prefgen.flow.commit import OutputJournal
 from prefgen.config import GenerateConfig
 from prefgen.engines.base import Engine
-from prefgen.errors import Interrupted, OutputError
-from prefgen.resume.identity import check_identity
-from prefgen.ledger.store import Ledger
+from prefgen.flow.commit import OutputJournal
+from prefgen.flow.judge import DedupIndex
 from prefgen.flow.pending import pending_units, scan_records
-from prefgen.executors.local import CommitPipeline, OpenSamples, attempt_rule
-from prefgen.flow.plan import plan_units, shard
+from prefgen.flow.plan import shard
 from prefgen.flow.records import iter_records, require_string_field
+from prefgen.flow.settle import Settled, attempt_rule
+from prefgen.ledger import keys
+from prefgen.ledger.answers import answer_sources
+from prefgen.ledger.store import Ledger
+from prefgen.resume.fingerprint import fingerprint_of
 from prefgen.runtime.faults import fault_point
-from prefgen.runtime.lock import exclusive
+from prefgen.runtime.signals import StopSignals
 from prefgen.units import RETRIED_STATUSES, WorkUnit
-
-log = logging.getLogger("prefgen")
-
-AUTO_PROBE_RECORDS = 64  # --batch-size auto sizes batches for the longest of the first records
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 @dataclass
@@ -56,8 +49,10 @@ class Summary:
     counts: dict[str, int]
     output: Path
     ledger: Path
-    answers: dict | None = None  # generated, reused, regenerated, saved_gpu_s (reuse.answer_sources)
+    answers: dict | None = None  # generated, reused, regenerated, saved_gpu_s (ledger.answers.answer_sources)
     golds: dict | None = None  # the gold checks, with --db-root (ledger.inspect.golds_data)
+    array: Path | None = None  # a .json output's array, once written
+    adopted: bool = False  # a .json output begun as JSON Lines by an earlier prefgen, now its journal
 
     @property
     def finished(self) -> bool:
@@ -66,128 +61,17 @@ class Summary:
         )
 
 
-def check_writable(path: Path, what: str) -> None:
-    """Refuse, before anything is touched, a path prefgen could not write."""
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise OutputError(f"{what} {path} is a directory", hint=f"give {what} a file path")
-    if not parent.is_dir():
-        raise OutputError(f"{what} {path}: its directory does not exist", hint=f"create {parent} first")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise OutputError(f"{what} {path} is not writable", hint="check the permissions")
+class Run:
+    """One process's run over its ledger, its settings resolved against what the ledger recorded."""
 
-
-class StopSignals:
-    """SIGINT/SIGTERM: the first asks to stop after the batch in flight is committed; a
-    second stops at once (the commit protocol keeps that safe too)."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self.previous: dict = {}
-
-    def __enter__(self) -> "StopSignals":
-        for signum in EXIT_CODES:
-            self.previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        if self.received is not None:
-            raise Interrupted(f"stopped at once by a second {name}", exit_code=EXIT_CODES[signum], immediate=True)
-        self.received = signum
-        log.warning("%s received: stopping after the batch in flight is committed (again to stop now)", name)
-
-    def check(self) -> None:
-        if self.received is not None:
-            name = signal.Signals(self.received).name
-            raise Interrupted(f"stopped by {name} after committing", exit_code=EXIT_CODES[self.received])
-
-
-@contextlib.contextmanager
-def progress_bar(total: int, initial: int, enabled: bool) -> Iterator:
-    """The run's progress bar over all its units (tqdm; disabled by --no-progress)."""
-    from tqdm import tqdm
-
-    with tqdm(
-        total=total,
-        initial=initial,
-        unit="unit",
-        desc="generate",
-        disable=not enabled,
-        dynamic_ncols=True,
-        smoothing=0.05,
-    ) as bar:
-        yield bar
-
-
-def advance(bar, summary: Summary, units: int, added: int) -> None:
-    """Count a commit on the progress bar; further attempts it planned add to the total."""
-    bar.update(units)
-    if added:
-        summary.total_units += added
-        bar.total += added
-        bar.refresh()
-
-
-class BatchRows:
-    """Rows per batch: --batch-size, or for `auto` the size found at start-up, lowered after an
-    out-of-memory backoff to the size that was retried, so that later batches start there."""
-
-    def __init__(self, ledger: Ledger, run_id: int, rows: int, auto: bool):
-        self.ledger, self.run_id, self.rows, self.auto = ledger, run_id, rows, auto
-
-    def __call__(self) -> int:
-        return self.rows
-
-    def backoff(self, rows: int, half: int) -> None:
-        """An out-of-memory backoff from `rows` to `half` rows at once: warn and record it."""
-        log.warning("out of memory with %d rows: retrying as batches of %d", rows, half)
-        detail = {"rows": rows, "retry_rows": half}
-        if self.auto and half < self.rows:
-            self.rows = half  # auto: later batches start at the size that fits
-            detail["batch_size"] = half
-        self.ledger.record_event(self.run_id, "oom_backoff", detail)
-
-
-def generate(cfg: GenerateConfig, argv: list[str], show_progress: bool = True, engine: Engine | None = None) -> Summary:
-    """Run (or resume) generation as `cfg` asks. Library errors are PrefgenError subclasses.
-
-    `engine` is an already loaded Engine to use instead of loading the model (benchmarks).
-    """
-    output, ledger_path = cfg.output_path, cfg.ledger_path
-    if cfg.executor == "ray":
-        from prefgen.executors.ray import require_ray
-
-        require_ray()  # before anything is touched: Ray not installed is a one-line error
-    check_writable(output, "--output")
-    check_writable(ledger_path, "--ledger")
-    with exclusive(output), exclusive(ledger_path), StopSignals() as stop:
-        cfg, marker = raise_cap.prepare(cfg)  # a larger --max-new-tokens: the run so far moved aside
-        ledger = Ledger(ledger_path)
-        try:
-            cfg = raise_cap.adopt(cfg, ledger, marker)
-            fault_point("after_ledger_open")
-            return GenerateRun(cfg, ledger, stop, show_progress).execute(argv, engine)
-        finally:
-            ledger.close()
-
-
-class GenerateRun:
-    """One process's run over its ledger: reconcile, plan, load the engine, loop, summarise."""
-
-    def __init__(self, cfg: GenerateConfig, ledger: Ledger, stop: StopSignals, show_progress: bool):
-        stored = ledger.meta("fingerprint")  # --evaluator unset: the rule the ledger was made with
-        cfg = cfg.for_ledger(orjson.loads(stored) if stored else None)
+    def __init__(self, cfg: GenerateConfig, ledger: Ledger, stop: StopSignals, show_progress: bool = True):
         self.cfg, self.ledger, self.stop, self.show_progress = cfg, ledger, stop, show_progress
         self.journal = OutputJournal(ledger, cfg.output_path, cfg.db_field)
         self.policy = cfg.check_policy()
         self.rule = attempt_rule(cfg)
-        self.kept: dict[int, set[str]] = {}  # sample -> its candidates' SQL, for --dedup-rejects
+        self.dedup = DedupIndex(cfg.dedup_rejects)
         self.run_id = 0
+        self.summary: Summary | None = None
 
     def records(self):
         """This process's records of the input, checked for --db-field when SQL is executed."""
@@ -201,152 +85,104 @@ class GenerateRun:
     def counts(self) -> dict[str, int]:
         return self.ledger.status_counts(max_sample=self.cfg.max_samples or None)
 
-    def execute(self, argv: list[str], engine: Engine | None = None) -> Summary:
-        """Reconcile, then generate what is pending (if anything) as one run in the ledger."""
-        cfg, ledger = self.cfg, self.ledger
-        ledger.check_fingerprint(cfg.fingerprint())
-        check_identity(ledger, cfg)  # what is at the model and adapter paths, not only the paths
-        if self.policy:
-            self.policy.check()
-        self.journal.open()
-        try:
-            summary = self.reconcile()
-            units = pending_units(self.records(), ledger, self.rule, cfg.seed, self.kept, cfg.dedup_rejects)
-            first = next(units, None)  # one pass: its first unit tells whether there is work
-            if first is None:
-                return self.report(summary)
-            self.run_id = ledger.start_run(cfg.settings(), argv)
-            try:
-                run_units = self.run_on_ray if cfg.executor == "ray" else self.run_batches
-                summary.done_now = run_units(summary, chain([first], units), engine)
-            except Interrupted as exc:
-                ledger.end_run(self.run_id, "interrupted", reason=str(exc))
-                raise
-            except BaseException as exc:
-                ledger.end_run(self.run_id, "failed", reason=type(exc).__name__, error=str(exc))
-                raise
-            ledger.end_run(self.run_id, "finished")
-            summary.counts = self.counts()
-            return self.report(summary)
-        finally:
-            self.journal.close()
-
-    def report(self, summary: Summary) -> Summary:
-        """The summary with the answers' sources and the gold checks, read while the run's own
-        connection is open (a read-only one opened after it would leave the WAL files behind)."""
-        from prefgen.ledger.inspect import golds_data
-        from prefgen.resume.reuse import answer_sources
-
-        summary.answers = answer_sources(self.ledger.db)
-        summary.golds = golds_data(self.ledger.db, self.cfg.fingerprint())
-        return summary
-
     def reconcile(self) -> Summary:
         """Check every record against the ledger, record the input's totals, count what is done."""
         cfg, ledger = self.cfg, self.ledger
+        self.journal.open()
         samples = scan_records(self.records(), ledger)
-        meta = {"samples_total": str(samples), "num_rejects": str(cfg.num_rejects), "max_attempts": str(cfg.attempts)}
-        with ledger.db.atomic():
-            ledger.set_meta(meta)
+        ledger.update_meta(
+            {
+                keys.SAMPLES_TOTAL: str(samples),
+                keys.NUM_REJECTS: str(cfg.num_rejects),
+                keys.MAX_ATTEMPTS: str(cfg.attempts),
+            }
+        )
         counts = self.counts()
         done_before = sum(n for status, n in counts.items() if status not in RETRIED_STATUSES)
         total = samples * cfg.num_rejects + ledger.further_attempts(cfg.num_rejects, cfg.max_samples or None)
-        return Summary(total, done_before, 0, counts, cfg.output_path, cfg.ledger_path)
+        self.summary = Summary(total, done_before, 0, counts, cfg.output_path, cfg.ledger_path)
+        return self.summary
 
-    def load(self, engine: Engine | None = None) -> Engine:
+    def pending(self) -> Iterator[WorkUnit]:
+        """The units still to generate, in plan order (the dedup index learns each sample's candidates)."""
+        return pending_units(self.records(), self.ledger, self.rule, self.cfg.seed, self.dedup.remember)
+
+    def start(self, argv: list[str]) -> None:
+        """Open this process's row in the ledger's runs."""
+        self.run_id = self.ledger.start_run(self.cfg.settings(), argv)
+
+    def end(self, status: str, reason: str = "", error: str = "") -> None:
+        """Close this process's row: finished, interrupted or failed, and why."""
+        self.ledger.end_run(self.run_id, status, reason=reason, error=error)
+
+    def record_event(self, kind: str, detail: dict) -> None:
+        self.ledger.record_event(self.run_id, kind, detail)
+
+    def load_engine(self, engine: Engine | None = None) -> Engine:
         """The engine (loaded now, unless given), recorded in the ledger."""
         if engine is None:
-            from prefgen.engines import load_engine
-
-            engine = load_engine(self.cfg) if not self.cfg.reuse_answers else self.reuse_engine(load_engine)
-        self.ledger.record_event(
-            self.run_id,
+            engine = load_engine(self.cfg)
+        self.record_event(
             "model_loaded",
-            {"engine": self.cfg.engine, "device": engine.device, "adapter_merged": engine.adapter_merged,
-             **getattr(engine, "settings", {})},  # vLLM: the batch sizes and LoRA mode it used
+            {
+                "engine": self.cfg.engine,
+                "device": engine.device,
+                "adapter_merged": engine.adapter_merged,
+                **engine.settings,
+            },
         )
         fault_point("after_model_load")
         self.stop.check()
         return engine
 
-    def reuse_engine(self, load_engine) -> Engine:
-        """--reuse-answers: the earlier run's answers; the model is loaded only for what it lacks."""
-        from prefgen.resume.reuse import reuse_engine
+    def commit(self, settled: Settled) -> None:
+        """Commit a settled batch: its lines, units, pairs and gold checks, together."""
+        self.journal.commit(self.run_id, settled.items, settled.paired, settled.checked)
 
-        return reuse_engine(self.cfg, lambda: load_engine(self.cfg))
+    @contextlib.contextmanager
+    def progress(self) -> Iterator[Callable[[int, int], None]]:
+        """The run's one progress bar over all its units; yields `advance(units, added)`: count a
+        commit, and add the further attempts it planned to the total."""
+        from tqdm import tqdm
 
-    def choose_batch_size(self, engine: Engine) -> int:
-        """`--batch-size`, or for `auto` the largest that fits the longest of the first prompts."""
-        if self.cfg.batch_size != "auto":
-            return self.cfg.batch_size
-        first = plan_units(islice(self.records(), AUTO_PROBE_RECORDS), 1, self.cfg.seed)
-        longest = max((engine.prompt_length(u) for u in first), default=1)
-        rows = engine.find_batch_size(longest)
-        log.info("--batch-size auto: %d rows fit (prompt %d + %d new tokens)", rows, longest, self.cfg.max_new_tokens)
-        self.ledger.record_event(self.run_id, "batch_size_auto", {"rows": rows, "prompt_tokens": longest})
-        return rows
+        summary = self.summary
+        with tqdm(
+            total=summary.total_units,
+            initial=summary.done_before,
+            unit="unit",
+            desc="generate",
+            disable=not self.show_progress,
+            dynamic_ncols=True,
+            smoothing=0.05,
+        ) as bar:
 
-    def run_batches(self, summary: Summary, units: Iterator[WorkUnit], engine: Engine | None = None) -> int:
-        """Load the engine and generate batch after batch through the commit pipeline; return
-        the units committed. Whatever happens, no engine thread is left running, and the
-        processes this run started (an engine it loaded, the verdict workers) are closed."""
-        cfg = self.cfg
-        owned = engine is None  # an engine this run loads, it closes (with its processes, if any)
-        checker = pipeline = loaded = None
-        if self.policy:  # the workers start while the model loads
-            from prefgen.sql.workers import CheckerPool
+            def advance(units: int, added: int) -> None:
+                bar.update(units)
+                if added:
+                    summary.total_units += added
+                    bar.total += added
+                    bar.refresh()
 
-            checker = CheckerPool(self.policy, cfg.exec_workers)
-        try:
-            loaded = self.load(engine)
-            rows = BatchRows(self.ledger, self.run_id, self.choose_batch_size(loaded), cfg.batch_size == "auto")
-            overlap = cfg.overlap if cfg.overlap is not None else loaded.overlap_default
-            with progress_bar(summary.total_units, summary.done_before, self.show_progress) as bar:
-                samples = OpenSamples(cfg, self.ledger, self.rule)
-                pipeline = CommitPipeline(
-                    cfg,
-                    loaded,
-                    self.journal,
-                    self.run_id,
-                    samples,
-                    self.kept,
-                    checker,
-                    on_backoff=rows.backoff,
-                    on_commit=partial(advance, bar, summary),
-                )
-                self.loop(pipeline, units, rows, overlap)
-        except BaseException as exc:
-            if pipeline and not (isinstance(exc, Interrupted) and exc.immediate):
-                pipeline.wait_quietly()  # a second signal stops at once; otherwise never leave torch running
-            raise
-        finally:
-            if checker:
-                checker.close()
-            if owned and loaded is not None:
-                loaded.close()
-        return pipeline.done
+            yield advance
 
-    def run_on_ray(self, summary: Summary, units: Iterator[WorkUnit], engine: Engine | None = None) -> int:
-        """--executor ray: the pending units as blocks over a Ray cluster (prefgen/executors/ray.py)."""
-        from prefgen.executors.ray import run_on_ray
+    def report(self) -> Summary:
+        """The summary with the answers' sources and the gold checks, read while the run's own
+        connection is open (a read-only one opened after it would leave the WAL files behind)."""
+        from prefgen.ledger.inspect import golds_data
 
-        return run_on_ray(self, summary, units)
+        summary = self.summary
+        summary.answers = answer_sources(self.ledger)
+        summary.golds = golds_data(self.ledger, fingerprint_of(self.cfg))
+        return summary
 
-    def loop(self, pipeline: CommitPipeline, units: Iterator[WorkUnit], rows: BatchRows, overlap: bool) -> None:
-        """Batch after batch of the pending units, then of the further attempts their commits
-        planned, until none is left. Without overlap, or once a stop is asked for, each batch is
-        committed before the next starts."""
-        cfg, stop = self.cfg, self.stop
-        while True:
-            tracked = pipeline.samples.tracked(units)
-            prompt_length = pipeline.engine.prompt_length
-            for batch in batches(tracked, rows, cfg.max_batch_tokens, cfg.lookahead, prompt_length, cfg.max_new_tokens):
-                pipeline.step(batch)
-                if not overlap or stop.received is not None:
-                    # a stop waits for the batch in flight and commits everything first
-                    pipeline.settle(drain=stop.received is not None)
-                    stop.check()
-            pipeline.settle(drain=True)
-            if not pipeline.samples.followups:
-                return
-            units = iter(())  # only the further attempts the last commits asked for
+
+def load_engine(cfg: GenerateConfig) -> Engine:
+    """The run's engine: the one --engine names, or for --reuse-answers the earlier run's
+    answers, with that engine loaded only for what they lack."""
+    from prefgen.engines import load_engine as load
+
+    if not cfg.reuse_answers:
+        return load(cfg)
+    from prefgen.resume.reuse import reuse_engine
+
+    return reuse_engine(cfg, lambda: load(cfg))

@@ -2,16 +2,40 @@
 writes (`prefgen ledger retry` is the Ledger's own `mark_retry`).
 
 `status_data` returns the stable JSON document of `prefgen ledger status --json`; the
-`format_*` functions render text that fits an 80-column terminal.
+`format_*` functions render text that fits an 80-column terminal (long lines wrapped, never
+cut), with the control characters of the model's text escaped (`printable`).
+
+A `runs` row whose status is `running` belongs to a live process only while that process holds
+the ledger's lock (prefgen.runtime.lock): when it does not, the run died (kill -9, a crash, the
+machine went down) and is shown `crashed`, with no ETA, without writing the ledger (the next
+`prefgen generate` records it so).
 """
 
 from __future__ import annotations
 
+import textwrap
+
 import orjson
 
+from prefgen.ledger.answers import answer_sources
 from prefgen.ledger.store import Ledger
 from prefgen.ledger.views import RECENT_MINUTES
-from prefgen.resume.reuse import answer_sources, reuse_line
+from prefgen.units import GENERATED, REGENERATED, REUSED
+
+# the C0 and C1 control characters but newline and tab, as Python writes them in a repr
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if chr(c) not in "\n\t"}
+_CONTROL.update({ord("\r"): "\\r"})
+
+
+def printable(text: str) -> str:
+    """Text for a terminal: control characters (NUL, backspace, escape sequences, ...) written
+    as escapes (\\x00, \\x08, \\x1b), newlines and tabs kept."""
+    return text.translate(_CONTROL)
+
+
+def wrapped(line: str, indent: str = "      ", width: int = 80) -> list[str]:
+    """A line too long for the terminal, wrapped onto indented lines (nothing is cut)."""
+    return textwrap.wrap(line, width, subsequent_indent=indent, break_on_hyphens=False) or [""]
 
 
 def human_number(value: float) -> str:
@@ -48,16 +72,18 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
         speed = ledger.speed(recent_minutes)
         counts = ledger.status_counts()
         runs = ledger.run_history()
+        rows = ledger.runs()
+        alive = mark_crashed(runs, rows, ledger.reader)
         partial = ledger.partial_samples()
         verdicts = ledger.verdict_counts()
         overall = ledger.totals()
-        last_error = ledger.last_error()
-        settings = orjson.loads(runs and ledger.runs()[-1]["settings"] or "{}")
-        fingerprint = orjson.loads(ledger.meta("fingerprint") or "{}")
+        last_error = latest_error(ledger)
+        settings = orjson.loads(rows and rows[-1]["settings"] or "{}")
+        fingerprint = ledger.fingerprint() or {}
         mode = fingerprint.get("pairs", "gold")
         paired = paired_summary(ledger.db) if mode == "onpolicy" else None
-        answers = answer_sources(ledger.db)
-        golds = golds_data(ledger.db, fingerprint)
+        answers = answer_sources(ledger)
+        golds = golds_data(ledger, fingerprint)
     finally:
         ledger.close()
     samples_total = progress["samples_total"] or 0
@@ -89,12 +115,30 @@ def status_data(path: str, recent_minutes: int = RECENT_MINUTES) -> dict:
             "recent_units_per_s": speed["recent_units_per_s"],
             "recent_tokens_per_s": speed["recent_tokens_per_s"],
         },
-        "eta_s": speed["eta_s"],
+        "eta_s": speed["eta_s"] if alive or not speed["remaining"] else None,  # no run: no ETA
         "last_update": progress["last_update"],
         "runs": runs,
         "last_error": last_error,
         "settings": settings,
     }
+
+
+def mark_crashed(history: list[dict], rows: list[dict], reader) -> bool:
+    """Show as `crashed` (stop reason `the process died`, as the next run records it) the runs of
+    `history` (run_history rows) that say `running` but whose process no longer holds the
+    ledger's lock (`reader`: what the lock told when the ledger was opened); `rows` are the
+    `runs` rows, with pid and host. Returns whether a run is alive."""
+    by_id = {row["id"]: row for row in rows}
+    alive = False
+    for run in history:
+        if run["status"] != "running":
+            continue
+        row = by_id.get(run["id"], {})
+        if reader is not None and reader.holds(row.get("pid"), row.get("host")):
+            alive = True
+        else:
+            run["status"], run["stop_reason"] = "crashed", "the process died"
+    return alive
 
 
 def paired_summary(db) -> dict:
@@ -130,10 +174,10 @@ def suspects(db) -> list[dict]:
     return list(db.query(sql))
 
 
-def golds_data(db, fingerprint: dict) -> dict | None:
+def golds_data(ledger: Ledger, fingerprint: dict) -> dict | None:
     """The gold checks (suspects.py): samples checked, suspect, and skipped (no pair) under
     --gold-suspect skip; None when the run (its fingerprint) did not check golds."""
-    checks, mode = gold_checks(db), fingerprint.get("gold_suspect")
+    checks, mode = gold_checks(ledger.db), fingerprint.get("gold_suspect")
     if checks is None or mode is None:
         return None
     skipped = checks["suspect"] if mode == "skip" else 0
@@ -181,6 +225,8 @@ def format_status(data: dict) -> str:
         f"{_speed(speed['recent_units_per_s'], speed['recent_tokens_per_s'])} last {speed['recent_minutes']}m",
         f"ETA      {human_duration(data['eta_s'])}",
     ]
+    if data["eta_s"] is None and units["remaining"]:
+        lines[-1] += " (no run is running: the same `prefgen generate` command resumes it)"
     if data["answers"]["reused"] or data["answers"]["regenerated"]:  # --reuse-answers
         lines.insert(5, reuse_line(data["answers"]))
     if data["golds"]:
@@ -200,14 +246,14 @@ def format_status(data: dict) -> str:
     for run in data["runs"]:
         backoffs = f", {run['oom_backoffs']} OOM backoffs" if run["oom_backoffs"] else ""
         reason = f": {run['stop_reason']}" if run["stop_reason"] else ""
-        lines.append(
+        lines += wrapped(
             f"  #{run['id']} {run['started_at'][:16].replace('T', ' ')} {human_duration(run['seconds']):>6} "
-            f"{run['units_done']:>6} units  {run['status']}{reason}{backoffs}"[:80]
+            f"{run['units_done']:>6} units  {run['status']}{reason}{backoffs}"
         )
     if data["last_error"]:
         error = data["last_error"]
-        lines.append(f"Last error (run #{error['run_id']}): {error['stop_reason']}: {error['error']}"[:80])
-    return "\n".join(lines)
+        lines += wrapped(f"Last error (run #{error['run_id']}): {error['stop_reason']}: {error['error']}", "  ")
+    return printable("\n".join(lines))
 
 
 def _speed(units: float | None, tokens: float | None) -> str:
@@ -248,7 +294,7 @@ def format_sample(path: str, sample_index: int, full: bool = False, width: int =
         ]
         if unit["detail"]:
             lines.append(f"  detail: {unit['detail']}")
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def suspects_data(path: str) -> list[dict]:
@@ -273,7 +319,7 @@ def format_suspects(suspects: list[dict], width: int = 200) -> str:
             f"  question: {question[:width]}",
             f"  gold: {row['gold']}",
         ]
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def format_failures(path: str) -> str:
@@ -287,6 +333,24 @@ def format_failures(path: str) -> str:
         return "No failed units."
     lines = []
     for group in groups:
-        lines.append(f"{group['status']}: {group['reason']} ({group['units']} units)"[:80])
+        lines += wrapped(f"{group['status']}: {group['reason']} ({group['units']} units)", "  ")
         lines.append(f"  samples: {group['samples']}")
-    return "\n".join(lines)
+    return printable("\n".join(lines))
+
+
+def reuse_line(answers: dict) -> str:
+    """The line of `ledger status` and of generate's summary saying what --reuse-answers saved."""
+    regenerated = f", {answers[REGENERATED]} regenerated at a larger cap" if answers[REGENERATED] else ""
+    return (
+        f"Answers  {answers[REUSED]} reused from an earlier run{regenerated}, {answers[GENERATED]} generated;"
+        f" {answers['saved_gpu_s']:.1f}s of generation saved"
+    )
+
+
+def latest_error(ledger: Ledger) -> dict | None:
+    """The latest run that stopped on an error, if any."""
+    sql = (
+        "select id as run_id, ended_at as at, stop_reason, error from runs"
+        " where error is not null and error != '' order by id desc limit 1"
+    )
+    return next(ledger.db.query(sql), None)

@@ -2,7 +2,8 @@
 
 `Ledger` is the only code that reads or writes it. Opening one for writing applies any
 outstanding migrations (migrations.py) and replaces views older than views.py's, so a new
-ledger and an old one take the same path; opening one read-only never writes the file.
+ledger and an old one take the same path; opening one read-only never writes the file, nor
+anything beside it (`read_connection`).
 """
 
 from __future__ import annotations
@@ -12,27 +13,69 @@ import socket
 import sqlite3
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import quote
 
 import orjson
 import sqlite_utils
 
 from prefgen import __version__
-from prefgen.config import GENERATION_FIELDS
-from prefgen.errors import ConfigError, LedgerError, SettingsMismatch
+from prefgen.errors import ConfigError, LedgerError
+from prefgen.ledger import keys
 from prefgen.ledger.migrations import MIGRATIONS_TABLE, applied_migrations, now, pending_migrations, upgrade
 from prefgen.ledger.views import RECENT_MINUTES, create_temp_views, speed_sql, views_are_current
-from prefgen.runtime.lock import exclusive
+from prefgen.runtime.lock import Reader, exclusive, shared
 from prefgen.units import RETRIED_STATUSES
 
 
-def _connect(path: Path, readonly: bool) -> sqlite_utils.Database:
+def _wal_is_empty(path: Path) -> bool:
+    """Whether the ledger's write-ahead log holds nothing (no -wal file, or an empty one): then
+    the ledger file itself holds every commit."""
+    try:
+        return os.path.getsize(f"{path}-wal") == 0
+    except OSError:
+        return True
+
+
+def read_connection(path: Path, check_same_thread: bool = True) -> tuple[sqlite3.Connection, Reader]:
+    """A read-only connection that creates nothing beside the ledger, and what its lock told.
+
+    SQLite's `mode=ro` on a WAL ledger creates the -wal and -shm files (and cannot when the
+    storage is read-only), and leaves them behind. So: when no writer holds the ledger's lock
+    and its -wal holds nothing, the file is complete and cannot change while the lock is held
+    shared (a writer waits for it): it is opened `immutable=1`, which creates nothing and
+    works on read-only storage. Otherwise a run is writing (the -wal and -shm are its own) or
+    one died before its -wal was folded into the file: it is read through the WAL (`mode=ro`),
+    the lock not held, so a writer is never kept waiting on it. The caller releases the Reader
+    after closing the connection."""
+    reader = shared(path)
+    immutable = reader.writer is None and _wal_is_empty(path)
+    if not immutable:
+        reader.release()
+    uri = f"file:{quote(str(path))}?" + ("immutable=1" if immutable else "mode=ro")
+    try:
+        return sqlite3.connect(uri, uri=True, check_same_thread=check_same_thread), reader
+    except sqlite3.DatabaseError as exc:
+        reader.release()
+        if not immutable and not os.access(path.parent, os.W_OK):
+            raise LedgerError(
+                f"cannot read {path}: its -wal file holds commits not yet in the ledger file, and SQLite"
+                f" needs to create {path.name}-shm beside it to read them, on read-only storage ({exc})",
+                hint="copy the ledger with its -wal file to writable storage and read the copy",
+            ) from exc
+        raise LedgerError(f"{path} is not a prefgen ledger: {exc}") from exc
+
+
+def _connect(path: Path, readonly: bool) -> tuple[sqlite_utils.Database, Reader | None]:
     if readonly and not path.exists():
         raise LedgerError(f"{path}: no such ledger")
+    if readonly:
+        conn, reader = read_connection(path)
+        return sqlite_utils.Database(conn), reader
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True) if readonly else sqlite3.connect(str(path))
+        conn = sqlite3.connect(str(path))
     except sqlite3.DatabaseError as exc:
         raise LedgerError(f"{path} is not a prefgen ledger: {exc}") from exc
-    return sqlite_utils.Database(conn)
+    return sqlite_utils.Database(conn), None
 
 
 def _samples_below(max_sample: int | None) -> tuple[str, list]:
@@ -45,7 +88,7 @@ class Ledger:
 
     def __init__(self, path: str | Path, readonly: bool = False):
         self.path = Path(path)
-        self.db = _connect(self.path, readonly)
+        self.db, self.reader = _connect(self.path, readonly)  # reader: what the ledger's lock told
         try:
             self.db.execute("PRAGMA busy_timeout = 10000")
             if readonly:
@@ -55,7 +98,7 @@ class Ledger:
                 self.db.execute("PRAGMA synchronous = FULL")
                 upgrade(self.db)
         except BaseException as exc:
-            self.db.close()
+            self.close()
             if isinstance(exc, sqlite3.DatabaseError):
                 raise LedgerError(f"{self.path} is not a prefgen ledger: {exc}") from exc
             raise
@@ -76,8 +119,10 @@ class Ledger:
             create_temp_views(self.db.conn)
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection (and let go of the ledger's lock a reader held shared)."""
         self.db.close()
+        if self.reader:
+            self.reader.release()
 
     # --- meta ---------------------------------------------------------------------------------
     def meta(self, key: str, default: str | None = None) -> str | None:
@@ -92,24 +137,33 @@ class Ledger:
             pk="key",
         )
 
-    def check_fingerprint(self, fingerprint: dict) -> None:
-        """Record the fingerprint on first use; afterwards refuse a run whose settings differ."""
-        stored = self.meta("fingerprint")
-        if stored is None:
-            with self.db.atomic():
-                self.set_meta({"fingerprint": fingerprint})
-            return
-        stored = orjson.loads(stored)
-        keys = sorted(key for key in set(stored) | set(fingerprint) if stored.get(key) != fingerprint.get(key))
-        differing = [f"{key} (ledger: {stored.get(key)!r}, now: {fingerprint.get(key)!r})" for key in keys]
-        if differing:
-            same = not GENERATION_FIELDS.intersection(keys)  # judging only: the answers would be the same
-            raise SettingsMismatch(
-                f"{self.path} was started with other settings: " + "; ".join(differing)
-                + (" (judging only: same answers)" if same else " (they decide the generated text)"),
-                hint="run with the ledger's settings, or pass a new --output (or --ledger) to start a separate run"
-                + (f", with --reuse-answers {self.path} to judge its answers anew, ungenerated" if same else ""),
-            )
+    def update_meta(self, values: dict[str, object]) -> None:
+        """Set meta keys in a transaction of their own."""
+        with self.db.atomic():
+            self.set_meta(values)
+
+    def meta_json(self, key: str) -> dict | None:
+        """A meta value stored as JSON (keys.FINGERPRINT, keys.GENERATION_IDENTITY), or None."""
+        stored = self.meta(key)
+        return orjson.loads(stored) if stored else None
+
+    def fingerprint(self) -> dict | None:
+        """The fingerprint the ledger's run was started with (None: none recorded yet)."""
+        return self.meta_json(keys.FINGERPRINT)
+
+    def has_runs(self) -> bool:
+        """Whether any run was ever started on this ledger."""
+        return bool(self.db["runs"].count)
+
+    def holds_work(self) -> bool:
+        """Whether any unit (or pair) was ever committed."""
+        return bool(self.db["units"].count or self.db["pairs"].count)
+
+    def hand_over(self, output: Path) -> None:
+        """Before the ledger is moved (a raised cap): name `output` as its JSONL, and checkpoint
+        and remove its -wal (journal mode DELETE), so nothing is left under the old name."""
+        self.update_meta({keys.OUTPUT_PATH: str(output.resolve())})
+        self.db.execute("PRAGMA journal_mode = DELETE")
 
     # --- runs and events ------------------------------------------------------------------------
     def start_run(self, settings: dict, argv: list[str]) -> int:
@@ -286,14 +340,6 @@ class Ledger:
     def speed(self, minutes: int = RECENT_MINUTES) -> dict:
         """The `speed` view's row, for a recent window of `minutes`."""
         return next(self.db.query(speed_sql(minutes)))
-
-    def last_error(self) -> dict | None:
-        """The latest run that stopped on an error, if any."""
-        sql = (
-            "select id as run_id, ended_at as at, stop_reason, error from runs"
-            " where error is not null and error != '' order by id desc limit 1"
-        )
-        return next(self.db.query(sql), None)
 
 
 def mark_retry(path: str, statuses: list[str]) -> int:

@@ -1,8 +1,8 @@
 """What is at the paths a run's text depends on: the model's and adapter's identities.
 
-The fingerprint (config.py) holds paths and settings; a retrained adapter or a replaced model at
+The fingerprint (fingerprint.py) holds paths and settings; a retrained adapter or a replaced model at
 the same path would resume into the same file and mix two experiments. A run records these
-identities in its ledger (meta `generation_identity`) and a resumed run must match them.
+identities in its ledger (meta `generation_identity`, Ledger.record_identity) and a resumed run must match them.
 
 The base model is identified by its small files hashed (config, generation config, tokenizer,
 the safetensors index) and its weight files by name, size and safetensors header: the tensors
@@ -19,14 +19,12 @@ import struct
 from importlib import metadata
 from pathlib import Path
 
-import orjson
-
 from prefgen.config import GenerateConfig, looks_local
 from prefgen.errors import SettingsMismatch
+from prefgen.ledger import keys
 
 log = logging.getLogger("prefgen")
 
-META_KEY = "generation_identity"
 # Files of a model directory hashed whole: small, and they decide the tokens and their sampling.
 SMALL_FILES = (
     "config.json",
@@ -127,23 +125,22 @@ def generation_identity(cfg: GenerateConfig) -> dict[str, str]:
     return identity
 
 
-def check_identity(ledger, cfg: GenerateConfig) -> None:
+def check_identity(ledger, cfg: GenerateConfig, replace: bool = False) -> None:
     """Record the generation identity on first use; afterwards refuse a run whose model, adapter,
     engine library or sampling noise changed. A ledger made before identities were recorded
-    gets them recorded from now on, with one warning."""
+    gets them recorded from now on, with one warning; one that holds no committed unit
+    (`replace`) takes the new ones."""
     identity = generation_identity(cfg)
-    stored = ledger.meta(META_KEY)
-    if stored is None:
-        if ledger.db["runs"].count:
+    stored = ledger.meta_json(keys.GENERATION_IDENTITY)
+    if stored is None or (replace and stored != identity):  # replace: a ledger that holds no unit
+        if stored is None and ledger.has_runs():
             log.warning(
                 "%s was made before model identities were recorded: recording them now;"
                 " a change to the model or adapter before this run cannot be detected",
                 ledger.path,
             )
-        with ledger.db.atomic():
-            ledger.set_meta({META_KEY: identity})
+        ledger.update_meta({keys.GENERATION_IDENTITY: identity})
         return
-    stored = orjson.loads(stored)
     names = {"base": cfg.base_model, "adapter": cfg.adapter_path}
     changed = [
         describe(key, stored.get(key), identity.get(key), names)

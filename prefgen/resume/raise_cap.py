@@ -28,14 +28,15 @@ import orjson
 from prefgen.config import GenerateConfig
 from prefgen.errors import OutputError, SettingsMismatch
 from prefgen.files.atomic import atomic_write, fsync_directory
-from prefgen.resume.identity import META_KEY, generation_identity
+from prefgen.ledger.keys import GENERATION_IDENTITY, RAISED_FROM
 from prefgen.ledger.store import Ledger
 from prefgen.paths import LEDGER_SUFFIX
+from prefgen.resume.fingerprint import changed, fingerprint_of
+from prefgen.resume.identity import generation_identity
+from prefgen.resume.settings import resolve
 from prefgen.runtime.faults import fault_point
 
 log = logging.getLogger("prefgen")
-
-RAISED_FROM = "raised_from"  # meta key of the new ledger: the ledger its answers are reused from
 
 
 def marker_path(output: Path) -> Path:
@@ -102,19 +103,17 @@ def smaller_cap(cfg: GenerateConfig, ledger_path: Path) -> int | None:
     accept the run or refuse it)."""
     ledger = Ledger(ledger_path)  # as the run would open it: brought up to date
     try:
-        stored, identity = ledger.meta("fingerprint"), ledger.meta(META_KEY)
+        stored, identity = ledger.fingerprint(), ledger.meta_json(GENERATION_IDENTITY)
     finally:
         ledger.close()
     if stored is None:
         return None
-    stored = orjson.loads(stored)
-    now = cfg.for_ledger(stored).fingerprint()
-    if {key for key in set(stored) | set(now) if stored.get(key) != now.get(key)} != {"max_new_tokens"}:
+    if changed(stored, fingerprint_of(resolve(cfg, stored))) != {"max_new_tokens"}:
         return None
     old_cap = stored["max_new_tokens"]
     if old_cap > cfg.max_new_tokens:
         raise lowering(ledger_path, old_cap, cfg.max_new_tokens)
-    if identity is None or orjson.loads(identity) != generation_identity(cfg):
+    if identity is None or identity != generation_identity(cfg):
         return None  # another model or engine library: refused as usual
     return old_cap
 
@@ -136,9 +135,7 @@ def finish_move(plan: dict, output: Path, ledger_path: Path) -> None:
     if ledger_path.exists() and not Path(plan["ledger"]).exists():
         ledger = Ledger(ledger_path)  # replays a -wal a killed run left
         try:
-            with ledger.db.atomic():  # the moved ledger names the moved output as its own
-                ledger.set_meta({"output_path": str(Path(plan["output"]).resolve())})
-            ledger.db.execute("PRAGMA journal_mode = DELETE")  # its -wal checkpointed and removed
+            ledger.hand_over(Path(plan["output"]))  # names the moved output; its -wal checkpointed, removed
         finally:
             ledger.close()
         if Path(f"{ledger_path}-wal").exists():
@@ -167,8 +164,7 @@ def adopt(cfg: GenerateConfig, ledger: Ledger, marker: Path | None) -> GenerateC
     """With the new ledger open: record the moved ledger it reuses from and remove the marker; or,
     resuming a raised run, reuse from the ledger it recorded (while that is still there)."""
     if marker is not None:
-        with ledger.db.atomic():
-            ledger.set_meta({RAISED_FROM: cfg.reuse_answers})
+        ledger.update_meta({RAISED_FROM: cfg.reuse_answers})
         marker.unlink()
         fsync_directory(marker.parent)
         return cfg

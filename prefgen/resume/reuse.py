@@ -2,7 +2,7 @@
 
 Everything but generation is cheap, so a run that only judges differently (--db-root added,
 --equivalence, --dedup-rejects, --pairs onpolicy, --answer full) takes each unit's answer from
-OLD's ledger by (sample_index, reject_index), when OLD's generation fingerprint (config's
+OLD's ledger by (sample_index, reject_index), when OLD's generation fingerprint (fingerprint.py's
 GENERATION_FIELDS and identity.py's generation_identity) is the new run's and the unit's record
 hash and seed match. `ReuseEngine` is an Engine: the run loop drives it as any other, and it hands
 what OLD lacks to the real engine, loaded only then: when OLD has every answer, no model is loaded.
@@ -19,19 +19,20 @@ taken as cut when its new tokens reach OLD's cap.
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Callable
 
-import orjson
-
-from prefgen.config import GENERATION_FIELDS, GenerateConfig
+from prefgen.config import GenerateConfig
 from prefgen.engines.base import Backoff, Engine
 from prefgen.errors import ConfigError, SettingsMismatch
-from prefgen.resume.identity import META_KEY, generation_identity
+from prefgen.ledger import keys
+from prefgen.ledger.answers import stored_answers
+from prefgen.ledger.store import Ledger
 from prefgen.paths import LEDGER_SUFFIX, ledger_beside
-from prefgen.units import GENERATED, REGENERATED, REUSED, TOO_LONG, Answer, WorkUnit
+from prefgen.resume.fingerprint import GENERATION_FIELDS, differences, fingerprint_of
+from prefgen.resume.identity import generation_identity
+from prefgen.units import REGENERATED, REUSED, TOO_LONG, Answer, WorkUnit
 
 
 def old_ledger_path(old: str) -> Path:
@@ -62,28 +63,20 @@ class OldAnswers:
 
 def read_answers(cfg: GenerateConfig, old: str) -> OldAnswers:
     """OLD's stored answers, after refusing an OLD whose generation differs (but for a smaller cap)."""
-    conn = sqlite3.connect(f"file:{old_ledger_path(old)}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
+    ledger = Ledger(old_ledger_path(old), readonly=True)
     try:
-        meta = {row["key"]: row["value"] for row in conn.execute("select key, value from meta")}
-        fingerprint = orjson.loads(meta.get("fingerprint") or "{}")
-        check_generation(cfg, old, fingerprint, meta.get(META_KEY))
-        columns = {row["name"] for row in conn.execute("pragma table_info(units)")}
-        truncated = "truncated" if "truncated" in columns else "null as truncated"
-        rows = conn.execute(
-            "select sample_index, reject_index, seed, status, record_hash, raw_answer, prompt_tokens,"
-            f" new_tokens, gen_seconds, {truncated} from units where raw_answer is not null"
-        )
-        answers = {(row["sample_index"], row["reject_index"]): dict(row) for row in rows}
-        return OldAnswers(answers, fingerprint.get("max_new_tokens") or cfg.max_new_tokens, cfg.max_new_tokens)
+        fingerprint = ledger.fingerprint() or {}
+        check_generation(cfg, old, fingerprint, ledger.meta_json(keys.GENERATION_IDENTITY))
+        answers = stored_answers(ledger)
     finally:
-        conn.close()
+        ledger.close()
+    return OldAnswers(answers, fingerprint.get("max_new_tokens") or cfg.max_new_tokens, cfg.max_new_tokens)
 
 
-def check_generation(cfg: GenerateConfig, old: str, fingerprint: dict, identity: str | None) -> None:
+def check_generation(cfg: GenerateConfig, old: str, fingerprint: dict, identity: dict | None) -> None:
     """Refuse an OLD whose answers another model, sampling or prompt would have given, or a
     larger cap than this run's (its answers may run past this run's cap)."""
-    now = cfg.fingerprint()
+    now = fingerprint_of(cfg)
     old_cap, new_cap = fingerprint.get("max_new_tokens"), now["max_new_tokens"]
     if isinstance(old_cap, int) and old_cap > new_cap:
         raise SettingsMismatch(
@@ -91,22 +84,13 @@ def check_generation(cfg: GenerateConfig, old: str, fingerprint: dict, identity:
             f" more than this run's {new_cap}: lowering the cap is refused",
             hint=f"run with --max-new-tokens {old_cap} or more, or without --reuse-answers",
         )
-    differing = [
-        f"{key} (old: {fingerprint.get(key)!r}, now: {now.get(key)!r})"
-        for key in sorted(GENERATION_FIELDS - {"max_new_tokens"})
-        if fingerprint.get(key) != now.get(key)
-    ]
+    differing = differences(fingerprint, now, GENERATION_FIELDS - {"max_new_tokens"}, label="old")
     if not isinstance(old_cap, int):
         differing.append(f"max_new_tokens (old: {old_cap!r}, now: {new_cap!r})")
     if identity is None:
         differing.append("its model identities were never recorded (made by an older prefgen)")
     else:
-        stored, current = orjson.loads(identity), generation_identity(cfg)
-        differing += [
-            f"{key} (old: {stored.get(key)!r}, now: {current.get(key)!r})"
-            for key in sorted(set(stored) | set(current))
-            if stored.get(key) != current.get(key)
-        ]
+        differing += differences(identity, generation_identity(cfg), label="old")
     if differing:
         raise SettingsMismatch(
             f"--reuse-answers {old}: its answers were generated otherwise: " + "; ".join(differing),
@@ -120,6 +104,7 @@ class ReuseEngine:
     def __init__(self, answers: OldAnswers, load: Callable[[], Engine], device: str):
         self.old, self._load, self._real = answers, load, None
         self.device, self.adapter_merged = device, False
+        self.settings: dict = {}
         self.reused, self.regenerated, self.saved_seconds = 0, 0, 0.0
 
     @property
@@ -191,34 +176,3 @@ class ReuseEngine:
 def reuse_engine(cfg: GenerateConfig, load: Callable[[], Engine]) -> ReuseEngine:
     """The engine of a --reuse-answers run: OLD's answers first, `load()` for the rest."""
     return ReuseEngine(read_answers(cfg, cfg.reuse_answers), load, "none (answers reused)")
-
-
-def answer_sources(db) -> dict:
-    """Answers generated, reused and regenerated at a larger cap in a ledger, and the generation
-    seconds the reused ones had cost the run that made them (the GPU time reuse saved); a ledger
-    before `source`: all generated."""
-    has_source = "source" in db["units"].columns_dict
-    source = "coalesce(source, 'generated')" if has_source else "'generated'"
-    sql = (
-        f"select count(*) - coalesce(sum({source} in ('{REUSED}', '{REGENERATED}')), 0) as generated,"
-        f" coalesce(sum({source} = '{REUSED}'), 0) as reused,"
-        f" coalesce(sum({source} = '{REGENERATED}'), 0) as regenerated,"
-        f" coalesce(sum(case when {source} = '{REUSED}' then gen_seconds end), 0.0) as saved_s"
-        " from units where raw_answer is not null"
-    )
-    row = next(db.query(sql))
-    return {
-        GENERATED: row["generated"],
-        REUSED: row["reused"],
-        REGENERATED: row["regenerated"],
-        "saved_gpu_s": round(row["saved_s"], 3),
-    }
-
-
-def reuse_line(answers: dict) -> str:
-    """The line of `ledger status` and of generate's summary saying what --reuse-answers saved."""
-    regenerated = f", {answers[REGENERATED]} regenerated at a larger cap" if answers[REGENERATED] else ""
-    return (
-        f"Answers  {answers[REUSED]} reused from an earlier run{regenerated}, {answers[GENERATED]} generated;"
-        f" {answers['saved_gpu_s']:.1f}s of generation saved"
-    )

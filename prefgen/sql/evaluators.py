@@ -31,6 +31,11 @@ from itertools import product
 SPIDER, BIRD = "spider", "bird"
 
 
+def selected_evaluators(evaluator: str) -> tuple[str, ...]:
+    """The evaluators --evaluator `evaluator` (spider, bird or both) selects."""
+    return tuple(name for name in (SPIDER, BIRD) if evaluator in (name, "both"))
+
+
 def remove_distinct(sql: str) -> str:
     """The query without its DISTINCT keywords, as Spider's evaluator runs it."""
     import sqlglot
@@ -58,9 +63,7 @@ def _unorder_row(row: tuple) -> tuple:
 def _permutations(gold: tuple, candidate: tuple, columns: int):
     """Column permutations (gold column i <- candidate column perm[i]) every candidate row allows."""
     gold_sets = [{row[i] for row in gold} for i in range(columns)]
-    allowed = [
-        [j for j in range(columns) if all(row[j] in gold_sets[i] for row in candidate)] for i in range(columns)
-    ]
+    allowed = [[j for j in range(columns) if all(row[j] in gold_sets[i] for row in candidate)] for i in range(columns)]
     return (perm for perm in product(*allowed) if len(set(perm)) == columns)
 
 

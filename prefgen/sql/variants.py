@@ -17,9 +17,13 @@ cache outside the user's database folder (~/.cache/prefgen/variants, or PREFGEN_
 keyed by the database's bytes and the seed, made read-only, and opened like the original
 (execute.connect: read-only, every write refused).
 
-Only an answer judged `equivalent` on the original is checked on the variants (the rest are
-wrong already). It stays equivalent only if it matches the gold on every variant where the
-gold executes; otherwise it is `wrong_result`, with the variant that caught it.
+Each evaluator scores an answer over the whole suite, as the test-suite metric does: right
+only if right on the original and on every variant where the gold executes. Those suite scores
+are recorded and decide the verdict as one database's scores do (sql/verdict.py): `equivalent`
+when every selected evaluator is right over the suite, `disputed` when they disagree (an answer
+Spider's rule scores right everywhere and BIRD's wrong on one variant is never a reject), and
+`wrong_result`, naming the variant that caught it, when none is right (confirm says more).
+Only answers some evaluator scores right on the original are run on the variants.
 """
 
 from __future__ import annotations
@@ -34,10 +38,12 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
+from prefgen.config import DEFAULT_EVALUATOR, LENIENT
+from prefgen.sql.evaluators import BIRD, SPIDER, selected_evaluators
 from prefgen.sql.execute import Outcome, connect, run_query
-from prefgen.units import EQUIVALENT, TIMEOUT, UNVERIFIABLE, WRONG_RESULT, Verdict
+from prefgen.units import DISPUTED, EQUIVALENT, TIMEOUT, UNVERIFIABLE, WRONG_RESULT, Verdict
 
 log = logging.getLogger("prefgen")
 
@@ -230,23 +236,82 @@ class Variants:
         self.connections.clear()
 
 
-def confirm(variants: Variants, db_id: str, path: Path, verdict: Verdict, judge: Callable) -> Verdict:
-    """`verdict` (the original database's), or, for an equivalent answer that some variant where
-    the gold executes tells apart from the gold, `wrong_result` naming that variant. `judge(conn,
-    gold_of)` judges the answer on one variant's connection (gold_of runs a gold query, cached)."""
-    if verdict.verdict != EQUIVALENT or variants.count <= 0:
-        return verdict
-    conns = variants.of(db_id, path)
-    for index, conn in enumerate(conns or (), start=1):
+def _judged(variants: Variants, db_id: str, path: Path, judge: Callable) -> Iterator[tuple[int, Verdict]]:
+    """(index, verdict) on each variant of `db_id` in turn (none when the database is too large)."""
+    for index, conn in enumerate(variants.of(db_id, path) or (), start=1):
 
         def gold_of(sql: str, conn=conn, index=index) -> Outcome:
             return variants.gold((db_id, index, sql), conn, sql)
 
-        outcome = judge(conn, gold_of)
+        yield index, judge(conn, gold_of)
+
+
+def _caught(index: int, count: int, detail: str) -> str:
+    return f"differs on variant {index} of {count}" + (f": {detail}" if detail else "")
+
+
+def _confirm_lenient(variants: Variants, db_id: str, path: Path, verdict: Verdict, judge: Callable) -> Verdict:
+    """The rule of ledgers made before evaluator profiles, unchanged: an equivalent answer that
+    some variant where the gold executes tells apart from the gold is `wrong_result`, both
+    scores false."""
+    if verdict.verdict != EQUIVALENT:
+        return verdict
+    for index, outcome in _judged(variants, db_id, path, judge):
         if outcome.verdict in (EQUIVALENT, UNVERIFIABLE, TIMEOUT):  # the same, or this variant cannot tell
             continue
-        detail = f"differs on variant {index} of {variants.count}"
-        if outcome.detail:
-            detail += f": {outcome.detail}"
+        detail = _caught(index, variants.count, outcome.detail)
         return replace(verdict, verdict=WRONG_RESULT, detail=detail, spider=False, bird=False, variant=index)
     return verdict
+
+
+def _suite_verdict(verdict: Verdict, scores: dict, selected: tuple, caught: dict, count: int) -> Verdict:
+    """The verdict of the suite scores: the original's while no variant changed a selected
+    evaluator's score; else `disputed` when a selected one stays right, `wrong_result` when none does."""
+    scored = replace(verdict, spider=scores[SPIDER], bird=scores[BIRD])
+    if not caught or verdict.verdict not in (EQUIVALENT, DISPUTED):
+        return scored
+    events = [f"on the original: {verdict.detail}"] if verdict.verdict == DISPUTED else []
+    events += [_caught(index, count, detail) for index, detail in sorted(caught.items())]
+    status = DISPUTED if any(scores[name] for name in selected) else WRONG_RESULT
+    return replace(scored, verdict=status, detail=" | ".join(events), variant=min(caught))
+
+
+def confirm(
+    variants: Variants, db_id: str, path: Path, verdict: Verdict, judge: Callable, evaluator: str = DEFAULT_EVALUATOR
+) -> Verdict:
+    """`verdict` (the original database's) judged over the suite: the original and its variants,
+    as Spider's test-suite accuracy scores a query. `judge(conn, gold_of)` judges the answer on
+    one variant's connection (gold_of runs a gold query, cached).
+
+    Each evaluator's suite score is right only if it is right on the original and on every
+    variant where the answer can be told apart (a variant whose verdict is `unverifiable`, the
+    gold failing there say, or `timeout` does not count; nor, for one evaluator, a variant where
+    it gives no score). The recorded scores (Verdict.spider / .bird) become the suite scores, and
+    the selected evaluators' suite scores decide as the original's decide on one database: all
+    right, the original verdict stands (`equivalent`); a selected one right, `disputed` (never a
+    reject, never a chosen); none, `wrong_result`. So an answer `disputed` on the original stays
+    disputed, or is `wrong_result` when the evaluator that scored it right is wrong on a variant;
+    an answer no evaluator scores right on the original is not run on the variants (no score can
+    change). The detail names the variants that changed a selected evaluator's score, each with its
+    own detail (which names each evaluator's score where they disagree there), and `variant` the
+    first. Under `lenient` (ledgers made before evaluator profiles) the old rule holds unchanged."""
+    if variants.count <= 0:
+        return verdict
+    if evaluator == LENIENT:
+        return _confirm_lenient(variants, db_id, path, verdict, judge)
+    scores = {SPIDER: verdict.spider, BIRD: verdict.bird}
+    if True not in scores.values():
+        return verdict
+    selected = selected_evaluators(evaluator)
+    caught: dict[int, str] = {}  # variant -> its detail, where a selected evaluator right so far is wrong
+    for index, outcome in _judged(variants, db_id, path, judge):
+        if outcome.verdict in (UNVERIFIABLE, TIMEOUT):  # this variant cannot tell
+            continue
+        for name, score in ((SPIDER, outcome.spider), (BIRD, outcome.bird)):
+            if score is False and scores[name]:
+                scores[name] = False
+                if name in selected:
+                    caught.setdefault(index, outcome.detail)
+        if True not in scores.values():
+            break
+    return _suite_verdict(verdict, scores, selected, caught, variants.count)

@@ -40,6 +40,7 @@ from prefgen.sql.evaluators import (
     SPIDER,
     bird_equal,
     remove_distinct,
+    selected_evaluators,
     spider_equal,
     spider_order_matters,
     why_not_bird,
@@ -237,7 +238,7 @@ def judge_execution(
     if evaluator == LENIENT:
         verdict = _lenient(conn, gold_sql, gold, candidate, time_limit, max_rows)
     else:
-        selected = {name: score for name, score in scores.items() if evaluator in (name, "both")}
+        selected = {name: scores[name] for name in selected_evaluators(evaluator)}
         verdict = _profiled(conn, gold_sql, gold, candidate, selected, (time_limit, max_rows))
     digest = "" if candidate.truncated else result_digest(candidate.rows)
     return replace(verdict, spider=scores[SPIDER][0], bird=scores[BIRD][0], digest=digest)

@@ -65,7 +65,8 @@ class Checker:
             )
 
         verdict = judge(conn, partial(self.gold, db_id, conn))
-        return variants.confirm(self.variants, db_id, database_path(policy.db_root, db_id), verdict, judge)
+        path = database_path(policy.db_root, db_id)
+        return variants.confirm(self.variants, db_id, path, verdict, judge, policy.evaluator)
 
     def close(self) -> None:
         for conn in self.connections.values():

@@ -37,9 +37,9 @@ import orjson
 from prefgen.config import execution_reward
 from prefgen.errors import InputError
 from prefgen.files.atomic import atomic_write
-from prefgen.paths import journal_of
 from prefgen.flow.prompts import chat_messages
 from prefgen.flow.records import array_items, encoding_error, skip_bom
+from prefgen.paths import journal_of
 from prefgen.units import Record
 
 

@@ -7,12 +7,10 @@ import heapq
 from contextlib import ExitStack
 from pathlib import Path
 
-import orjson
-
-from prefgen.flow.commit import check_committed
 from prefgen.errors import OutputError
 from prefgen.files.atomic import atomic_write
 from prefgen.files.json_output import write_json_array
+from prefgen.flow.commit import check_committed
 from prefgen.ledger.store import Ledger
 from prefgen.paths import journal_of, ledger_beside, part_path
 
@@ -34,7 +32,7 @@ def part_files(output: Path, world_size: int) -> list[tuple[Path, Path]]:
 
 def _check_part(rank: int, world_size: int, jsonl: Path, ledger: Ledger) -> dict:
     progress = ledger.progress()
-    fingerprint = orjson.loads(ledger.meta("fingerprint"))
+    fingerprint = ledger.fingerprint()
     if (fingerprint["rank"], fingerprint["world_size"]) != (rank, world_size):
         raise OutputError(f"{ledger.path} belongs to rank {fingerprint['rank']} of {fingerprint['world_size']}")
     if (

@@ -17,16 +17,16 @@ from typing import Iterator
 
 import orjson
 
-from prefgen.flow.commit import pair_line
 from prefgen.config import CheckPolicy, check_pair_modes
 from prefgen.errors import ConfigError, InputError
-from prefgen.flow.extract import extract_sql
 from prefgen.files.atomic import atomic_write
-from prefgen.tools.export import read_pairs
+from prefgen.flow.commit import pair_line
+from prefgen.flow.extract import extract_sql
 from prefgen.flow.judge import candidate_role
 from prefgen.flow.pairing import Candidate, SamplePairs, form_pairs
-from prefgen.sql.workers import Checker
 from prefgen.flow.suspects import gold_check
+from prefgen.sql.workers import Checker
+from prefgen.tools.export import read_pairs
 from prefgen.units import CHOSEN, REJECTED, Record
 
 ANSWER_FIELDS = ("answer", "seed")  # a line's own fields; the rest are the record's

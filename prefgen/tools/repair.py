@@ -9,6 +9,7 @@ from pathlib import Path
 from prefgen.errors import LedgerError, OutputError
 from prefgen.files.atomic import atomic_write
 from prefgen.files.json_output import write_json_output
+from prefgen.ledger import keys
 from prefgen.ledger.store import Ledger
 from prefgen.paths import journal_of, ledger_beside, run_output
 from prefgen.runtime.lock import exclusive
@@ -33,8 +34,8 @@ def repair_output(output: str, ledger_path: str = "") -> int:
 
 
 def _rebuild(ledger: Ledger, path: Path) -> int:
-    base = int(ledger.meta("output_base", "0"))
-    committed = int(ledger.meta("output_committed", "0"))
+    base = int(ledger.meta(keys.OUTPUT_BASE, "0"))
+    committed = int(ledger.meta(keys.OUTPUT_COMMITTED, "0"))
     prefix = _foreign_prefix(path, base)
     digest = hashlib.sha256()  # of the bytes after the prefix, which the ledger's hash covers
     count, offset = 0, base
@@ -51,7 +52,7 @@ def _rebuild(ledger: Ledger, path: Path) -> int:
             digest.update(line)
             offset += len(line)
             count += 1
-        if offset != committed or digest.hexdigest() != ledger.meta("output_sha256"):
+        if offset != committed or digest.hexdigest() != ledger.meta(keys.OUTPUT_SHA256):
             raise LedgerError("the lines in the ledger do not add up to the committed output; nothing was changed")
     return count
 

@@ -19,15 +19,15 @@ from typing import Iterator
 
 import orjson
 
-from prefgen.flow.commit import suspect_fields
 from prefgen.config import CheckPolicy
 from prefgen.errors import InputError
 from prefgen.files.atomic import atomic_write
-from prefgen.tools.export import read_pairs
-from prefgen.tools.pair import suspect_lines
+from prefgen.flow.commit import suspect_fields
+from prefgen.flow.suspects import gold_check
 from prefgen.sql.normalize import normalize_sql
 from prefgen.sql.workers import Checker
-from prefgen.flow.suspects import gold_check
+from prefgen.tools.export import read_pairs
+from prefgen.tools.pair import suspect_lines
 from prefgen.units import GOLD_SUSPECT, SAME_AS_GOLD, Verdict
 
 
