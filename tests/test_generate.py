@@ -140,12 +140,13 @@ def test_lora_adapter_is_applied(workdir, tiny_model, sample_data):
     assert orjson.loads(events[0]["detail"])["adapter_merged"] is True
 
 
-def test_missing_adapter_warns_and_uses_the_base_model(workdir, tiny_model, sample_data):
-    base, out = workdir / "base.jsonl", workdir / "pairs.jsonl"
-    run_cli(generate_args(tiny_model, sample_data, base, max_samples=2))
-    result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=2, adapter_path=workdir / "nope"))
-    assert "Warning: adapter" in result.output and "does not exist" in result.output
-    assert [line["rejected"] for line in read_jsonl(base)] == [line["rejected"] for line in read_jsonl(out)]
+def test_a_missing_adapter_is_refused_before_anything_is_made(workdir, tiny_model, sample_data):
+    # it used to warn and generate with the base model: a GPU-day of the wrong rejects
+    out = workdir / "pairs.jsonl"
+    before = sorted(workdir.iterdir())
+    result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=2, adapter_path=workdir / "nope"), 1)
+    assert "Error: --adapter-path" in result.output and "nope: no such adapter directory" in result.output
+    assert sorted(workdir.iterdir()) == before  # no output, ledger or lock file
 
 
 def test_tokenizer_without_chat_template_falls_back_with_a_warning(workdir, tiny_model, sample_data):
@@ -212,11 +213,12 @@ def test_the_vllm_engine_without_vllm_names_the_install_command(workdir, tiny_mo
     assert "Traceback" not in result.output
 
 
-def test_the_engine_joins_the_fingerprint(workdir, tiny_model, sample_data):
+def test_the_engine_joins_the_fingerprint(workdir, tiny_model, sample_data, monkeypatch):
     out = workdir / "p.jsonl"
     run_cli(generate_args(tiny_model, sample_data, out, max_samples=1))
+    monkeypatch.setattr("prefgen.flow.start.check_engine", lambda cfg: None)  # as where vLLM is installed
     result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=1, engine="vllm"), expect=1)
-    assert "other settings" in result.output and "engine (ledger: None, now: 'vllm')" in result.output
+    assert "other settings" in result.output and "engine (ledger: 'transformers', now: 'vllm')" in result.output
     result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=1, batch_invariant=True), expect=1)
     assert "--batch-invariant is a vLLM setting" in result.output
 
@@ -224,6 +226,7 @@ def test_the_engine_joins_the_fingerprint(workdir, tiny_model, sample_data):
 def test_missing_model_directory(workdir, sample_data):
     result = run_cli(generate_args(workdir / "no-model", sample_data, workdir / "p.jsonl"), expect=1)
     assert "Error: " in result.output and "no-model: no such model directory" in result.output
+    assert not list(workdir.glob("p.jsonl*"))  # refused before anything is made
 
 
 @pytest.mark.parametrize("output, message", [("missing/dir/p.jsonl", "does not exist"), (".", "is a directory")])

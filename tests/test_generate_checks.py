@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT, ScriptedEngine, generate_args, query, read_jsonl, run, run_cli, start, write_records
 
 from prefgen.config import GenerateConfig
+from prefgen.errors import ConfigError
 from prefgen.executors import generate
 
 DB_ROOT = ROOT / "examples" / "spider_en" / "db"
@@ -112,7 +113,9 @@ def test_attempts_stop_at_max_attempts_and_the_sample_counts_as_complete(workdir
 def test_a_missing_database_is_unverifiable_and_kept_unless_dropped(workdir, flags, kept):
     data = scripted_records(workdir / "data.json", db_ids=["no_such_db"])
     engine = ScriptedEngine(lambda sample, attempt: ANSWERS[4])
-    scripted_run(workdir, data, engine, max_attempts=0, dedup_rejects="", **flags)
+    with pytest.raises(ConfigError, match="no_such_db"):  # refused at start, naming it
+        scripted_run(workdir, data, engine, max_attempts=0, dedup_rejects="", **flags)
+    scripted_run(workdir, data, engine, max_attempts=0, dedup_rejects="", allow_missing_db=True, **flags)
     units = ledger_units(workdir / "pairs.jsonl")
     assert {u["verdict"] for u in units} == {"unverifiable"}
     assert {u["verdict_detail"] for u in units} == {"database missing"}
@@ -268,7 +271,10 @@ def test_changing_the_db_root_of_a_run_is_refused(workdir, tiny_model, sample_da
     out = workdir / "pairs.jsonl"
     run_cli(generate_args(tiny_model, sample_data, out, max_samples=1, num_rejects=1, db_root=DB_ROOT))
     other = tmp_path_factory.mktemp("dbs")
-    result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=1, num_rejects=1, db_root=other), expect=1)
+    args = generate_args(tiny_model, sample_data, out, max_samples=1, num_rejects=1, db_root=other)
+    result = run_cli(args, expect=1)
+    assert "department_store" in result.output and "--allow-missing-db" in result.output  # no database there
+    result = run_cli([*args, "--allow-missing-db"], expect=1)
     assert "other settings" in result.output and "db_root" in result.output
     result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=1, num_rejects=1), expect=1)
     assert "db_root" in result.output

@@ -42,7 +42,9 @@ def test_jsonl_output_is_unchanged_and_the_journal_holds_the_same_bytes(workdir,
     assert sorted(p.name for p in workdir.iterdir() if p.name.startswith("b.")) == [
         "b.jsonl",
         "b.jsonl.ledger.sqlite",
-    ]  # the locks are removed by the run that held them
+        "b.jsonl.ledger.sqlite.lock",
+        "b.jsonl.lock",
+    ]
 
 
 @pytest.mark.slow

@@ -264,7 +264,7 @@ def test_onpolicy_the_ledger_records_the_suite_scores_of_a_disputed_answer(workd
     )
     answers = [right, DISTINCT_NAME, FEWEST_FRIENDS]
     out = workdir / "pairs.jsonl"
-    cfg = GenerateConfig(
+    cfg = GenerateConfig.from_flags(
         base_model="scripted",
         sft_data=str(data),
         output=str(out),

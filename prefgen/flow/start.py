@@ -42,7 +42,7 @@ def local_path(ref: str) -> bool:
     return looks_local(ref) or Path(ref).expanduser().parent.is_dir()
 
 
-def check_model(ref: str, flag: str, marker: str) -> None:
+def check_model(ref: str, flag: str, marker: str, what: str = "model") -> None:
     """A local model or adapter directory must exist and hold `marker`; a hub id is left to the
     engine (it is looked up only where no local folder of that name could be meant)."""
     if not ref or not local_path(ref):
@@ -50,20 +50,20 @@ def check_model(ref: str, flag: str, marker: str) -> None:
     path = Path(ref).expanduser()
     if not path.is_dir():
         raise ModelError(
-            f"{flag} {ref}: no such directory ({path.resolve()})",
+            f"{flag} {ref}: no such {what} directory ({path.resolve()})",
             hint=f"give the directory holding {marker}; a hub id such as Qwen/Qwen3-8B is looked up only where"
             " its first part is no local folder",
         )
     if not (path / marker).is_file():
         raise ModelError(
-            f"{flag} {ref} is not a model directory: it has no {marker}", hint=f"give the directory holding {marker}"
+            f"{flag} {ref} is not a {what} directory: it has no {marker}", hint=f"give the directory holding {marker}"
         )
 
 
 def check_engine(cfg: GenerateConfig) -> None:
     """The engine's library is installed (looked up, not imported)."""
     if cfg.engine == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise ConfigError("--engine vllm: vLLM is not installed", hint="pip install 'prefgen[vllm]'")
+        raise ConfigError("--engine vllm needs vLLM, which is not installed", hint="pip install 'prefgen[vllm]'")
 
 
 def check_executor(cfg: GenerateConfig) -> None:
@@ -113,9 +113,9 @@ def check_start(cfg: GenerateConfig, engine_given: bool = False) -> None:
     check_executor(cfg)
     check_writable(cfg.output_path, "--output")
     check_writable(cfg.ledger_path, "--ledger")
-    if not engine_given:
+    if not engine_given and not cfg.reuse_answers:  # reused answers: the identities are compared instead
         check_model(cfg.base_model, "--base-model", "config.json")
-        check_model(cfg.adapter_path, "--adapter-path", "adapter_config.json")
+        check_model(cfg.adapter_path, "--adapter-path", "adapter_config.json", "adapter")
         check_engine(cfg)
     if cfg.db_root:
         cfg.check.check()

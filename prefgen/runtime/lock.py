@@ -36,11 +36,13 @@ def exclusive(path: str | Path) -> Iterator[None]:
     """Hold `<path>.lock` for the duration; refuse at once, naming the holder, if it is taken.
 
     The kernel drops the lock when the process dies, however it dies, so a crash never leaves
-    a stale lock behind (only the file, harmlessly). A holder removes the file when it lets go,
-    so a run, or a refused start, leaves the directory as it found it; a process that locked a
-    file removed meanwhile (the name now names another file, or none) tries again.
+    a stale lock behind (only the file, harmlessly: readers look at it to tell a live run from a
+    dead one). A start refused before it made `path` removes the lock file it made, so it leaves
+    the directory as it found it; a process that locked a file removed meanwhile (the name now
+    names another file, or none) tries again.
     """
     target = lock_path(Path(path))
+    created = not target.exists()
     while True:
         fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -63,8 +65,8 @@ def exclusive(path: str | Path) -> Iterator[None]:
         yield
     finally:
         with contextlib.suppress(OSError):
-            if _same_file(fd, target):
-                target.unlink()  # still holding it: nobody else can be inside
+            if created and not Path(path).exists() and _same_file(fd, target):
+                target.unlink()  # a start refused before it made the file: nothing left behind
         os.close(fd)
 
 
