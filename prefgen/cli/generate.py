@@ -7,7 +7,15 @@ from pathlib import Path
 
 import click
 
-from prefgen.cli.options import BatchSize, DedupMode, check_options, default, load_config, pair_options
+from prefgen.cli.options import (
+    BatchSize,
+    DedupMode,
+    OptionalFloat,
+    check_options,
+    default,
+    load_config,
+    pair_options,
+)
 from prefgen.cli.terminal import EXIT_INCOMPLETE, friendly_errors
 from prefgen.config import DEDUP_MODES, ENGINE_NAMES, EXECUTORS, LORA_MODES, PAIR_MODES
 
@@ -218,7 +226,7 @@ from prefgen.config import DEDUP_MODES, ENGINE_NAMES, EXECUTORS, LORA_MODES, PAI
 )
 @click.option(
     "--gpus-per-worker",
-    type=float,
+    type=OptionalFloat(),
     default=default("gpus_per_worker"),
     help="ray: GPUs Ray reserves for each engine worker [default: 0 with --device cpu, or with --device auto on "
     "a cluster without GPUs; else 1].",
