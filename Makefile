@@ -47,6 +47,8 @@ CLIENTS_VENV ?= .venv-clients
 CLIENTS_STAMP := $(CLIENTS_VENV)/.installed-stamp
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed-stamp
+RAY_VENV ?= .venv-ray
+RAY_STAMP := $(RAY_VENV)/.installed-stamp
 # --engine vllm runs from .venv-vllm (vLLM's CPU build here; `pip install 'prefgen[vllm]'` on GPUs)
 ifeq ($(ENGINE),vllm)
 GEN_BIN := $(VLLM_VENV)/bin
@@ -56,7 +58,7 @@ GEN_BIN := $(BIN)
 GEN_STAMP := $(STAMP)
 endif
 
-.PHONY: generate test check check-clients check-vllm status browse bench bench-engines venv clean lint
+.PHONY: generate test check check-clients check-vllm check-ray bench-ray status browse bench bench-engines venv clean lint
 
 venv: $(STAMP)
 
@@ -93,6 +95,12 @@ browse: $(STAMP)
 # BENCH_ARGS, e.g. "--model /models/x --device cuda --batch-size 64", are passed through.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+	$(MAKE) bench-ray
+
+# The same units locally and with --executor ray on a Ray of its own (1 and 2 CPU workers), in .venv-ray.
+RAY_BENCH_ARGS ?= --samples 48 --rejects 4 --max-new-tokens 32 --batch-size 16
+bench-ray: $(RAY_STAMP)
+	$(RAY_VENV)/bin/python benchmarks/bench.py --only ray $(RAY_BENCH_ARGS) $(BENCH_ARGS)
 
 # The vLLM engine (d) against bare vLLM (e) and the transformers engine (a), in .venv-vllm.
 bench-engines: $(VLLM_STAMP)
@@ -112,7 +120,7 @@ docs: $(STAMP)
 # The fast tests, one of each kind of promise (a kill and resume, a fault, ...): the slow ones
 # (marked `slow`: kill matrices, chaos, torchrun, the browser, trainers) and those needing a
 # virtual environment of their own (`clients`, `vllm`) are left to `make check`.
-FAST := not slow and not clients and not vllm
+FAST := not slow and not clients and not vllm and not ray
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m '$(FAST)'
 
@@ -125,9 +133,10 @@ lint: $(STAMP)
 
 # Every test: the slow ones with the fast, then the two venv checks (what .ci/run runs).
 check: $(STAMP) lint
-	$(BIN)/python -m pytest -q -m 'not clients and not vllm'
+	$(BIN)/python -m pytest -q -m 'not clients and not vllm and not ray'
 	$(MAKE) check-clients
 	$(MAKE) check-vllm
+	$(MAKE) check-ray
 
 # LLaMA-Factory pins an older transformers than prefgen: it gets a virtual environment of its
 # own (torch at the project's version; torchvision/torchaudio removed, as they do not import
@@ -155,5 +164,17 @@ $(VLLM_STAMP): .ci/vllm-constraints.txt setup.cfg
 check-vllm: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/python -m pytest -q -m vllm tests/test_vllm.py
 
+# `--executor ray` (prefgen/executors/ray.py): Ray Core in .venv-ray of its own, prefgen installed
+# editable with its test extra, so Ray's worker processes import this tree's prefgen. tests/test_ray.py
+# runs a simulated cluster (ray.cluster_utils.Cluster) on this machine's CPUs.
+$(RAY_STAMP): .ci/ray-constraints.txt .ci/constraints.txt setup.cfg
+	test -x $(RAY_VENV)/bin/python || $(PYTHON) -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(RAY_VENV)/bin/python -m pip install --quiet -c .ci/constraints.txt -c .ci/ray-constraints.txt -e '.[test,ray]'
+	touch $@
+
+check-ray: $(RAY_STAMP)
+	$(RAY_VENV)/bin/python -m pytest -q -m ray tests/test_ray.py
+
 clean:
-	rm -rf $(VENV) $(CLIENTS_VENV) $(VLLM_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(CLIENTS_VENV) $(VLLM_VENV) $(RAY_VENV) runs .pytest_cache

@@ -508,7 +508,7 @@ def variants_comparison(work: Path, counts: tuple[int, ...] = (0, 1, 3, 5)) -> d
 @click.option("--skip-startup", is_flag=True, help="Skip the 1,000,000-record start-up measurement.")
 @click.option(
     "--only",
-    type=click.Choice(["main", "grouping", "dropping", "verdicts", "startup", "verify", "variants", "reuse"]),
+    type=click.Choice(["main", "grouping", "dropping", "verdicts", "startup", "verify", "variants", "reuse", "ray"]),
     multiple=True,
     help="Run only these comparisons (repeatable) [default: all].",
 )
@@ -552,6 +552,10 @@ def main(model, device, samples, rejects, max_new_tokens, batch_size, skip_start
             from bench_reuse import reuse_comparison
 
             results["reuse"] = reuse_comparison(cfg, work)
+        if "ray" in only:  # needs Ray: `make bench-ray` runs it in .venv-ray
+            from bench_ray import ray_comparison
+
+            results["ray"] = ray_comparison(cfg, work)
         if (not only and not skip_startup) or "startup" in only:
             results["startup"] = startup_comparison(model, device, work)
     if json_out:

@@ -23,6 +23,10 @@ EQUIVALENCE_MODES = (DEFAULT_EQUIVALENCE, "multiset", "ordered")
 DEDUP_MODES = ("exact", "sql")  # --dedup-rejects: identical text; identical after normalization
 EXPORT_FORMATS = ("llamafactory", "sharegpt", "trl", "kto", "rewards")
 ENGINE_NAMES = ("transformers", "vllm")  # --engine; in the fingerprint only when not the first
+# --executor: today's loop in this process, or one run over a Ray cluster (executors/ray.py). Not in
+# the fingerprint, nor are the Ray settings: a run may resume with another executor.
+EXECUTORS = ("local", "ray")
+RAY_FIELDS = ("ray_address", "workers", "gpus_per_worker", "block_units")
 # --evaluator: whose execution accuracy a candidate must satisfy (sql/evaluators.py); `lenient`,
 # not offered, is the rule of ledgers made before it (rows as sets, columns in any order)
 EVALUATORS = ("spider", "bird", "both")
@@ -195,6 +199,11 @@ class GenerateConfig:
     gpu_memory_utilization: float = 0.9  # vllm: share of GPU memory for weights and KV cache
     lora: str = "auto"  # vllm: how the adapter is applied, one of LORA_MODES
     reuse_answers: str = ""  # an earlier run (output or ledger) whose answers this one takes (resume/reuse.py)
+    executor: str = "local"  # one of EXECUTORS
+    ray_address: str = ""  # ray: the cluster to join; "": RAY_ADDRESS, else a Ray of the run's own
+    workers: str = ""  # ray: engine workers, N or MIN-MAX; "": 1 up to what the cluster's GPUs hold
+    gpus_per_worker: float | None = None  # ray: GPUs each engine worker asks for; None: see executors/ray.py
+    block_units: int = 0  # ray: units per block handed to a worker (whole samples); 0: 4 batches
 
     @classmethod
     def from_flags(cls, **flags) -> "GenerateConfig":
@@ -220,6 +229,7 @@ class GenerateConfig:
         self._check_engine()
         self._check_sampling()
         self._check_sizes()
+        self._check_executor()
 
     def _check_engine(self) -> None:
         if self.engine not in ENGINE_NAMES:
@@ -262,6 +272,62 @@ class GenerateConfig:
             raise ConfigError(f"--max-samples must be 0 (all) or more, not {self.max_samples}")
         if self.exec_workers < 0:
             raise ConfigError(f"--exec-workers must be 0 (automatic) or more, not {self.exec_workers}")
+
+    def _check_executor(self) -> None:
+        """Refuse an unknown executor, local flags with Ray, and Ray flags without it."""
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, not {self.executor!r}")
+        if self.executor == "local":
+            given = [name for name in RAY_FIELDS if getattr(self, name) not in ("", 0, None)]
+            if given:
+                flag = "--" + given[0].replace("_", "-")
+                raise ConfigError(f"{flag} is a Ray setting", hint="add --executor ray, or drop the flag")
+            return
+        self._check_ray()
+
+    def _check_ray(self) -> None:
+        """Refuse, with --executor ray, the local loop's flags and malformed Ray settings."""
+        if self.world_size != 1 or self.rank != 0:
+            raise ConfigError(
+                "--rank and --world-size split a run into static ranks; --executor ray hands out blocks itself",
+                hint="drop --rank/--world-size (and torchrun, whose RANK/WORLD_SIZE set them)",
+            )
+        if self.overlap is not None:
+            raise ConfigError(
+                "--overlap/--no-overlap is a setting of the local loop", hint="drop it with --executor ray"
+            )
+        if self.device.startswith("cuda:"):
+            raise ConfigError(
+                f"--device {self.device}: with --executor ray, Ray gives each worker its GPUs",
+                hint="pass --device cuda (or cpu) and --gpus-per-worker",
+            )
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise ConfigError(f"--gpus-per-worker must be 0 or more, not {self.gpus_per_worker}")
+        if self.block_units < 0:
+            raise ConfigError(f"--block-units must be 0 (automatic) or more, not {self.block_units}")
+        _ = self.worker_range  # refuses a malformed --workers
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """--workers as (MIN, MAX); (1, 0) when not given: MAX is what the cluster holds."""
+        text = str(self.workers).strip()
+        if not text:
+            return 1, 0
+        low, _, high = text.partition("-")
+        try:
+            low, high = int(low), int(high or low)
+        except ValueError:
+            low = high = 0
+        if not 1 <= low <= high:
+            raise ConfigError(f"--workers must be N or MIN-MAX with 1 <= MIN <= MAX, not {text!r}")
+        return low, high
+
+    @property
+    def block_size(self) -> int:
+        """Units per block (--block-units; 0: four batches, or 256 with --batch-size auto)."""
+        if self.block_units:
+            return self.block_units
+        return 4 * self.batch_size if isinstance(self.batch_size, int) else 256
 
     def _check_pairs(self) -> None:
         if self.pairs not in PAIR_MODES:

@@ -123,8 +123,9 @@ ScriptedEngine = scripted_engine
 
 
 def start(args, fault=None, **popen):
-    """`python -m prefgen ARGS` as a child process (so it can be killed), PREFGEN_FAULT set to `fault`."""
-    env = {k: v for k, v in os.environ.items() if k != "PREFGEN_FAULT"}
+    """`python -m prefgen ARGS` as a child process (so it can be killed), PREFGEN_FAULT set to `fault`
+    (in the environment given as `env`, or this one)."""
+    env = {k: v for k, v in (popen.pop("env", None) or os.environ).items() if k != "PREFGEN_FAULT"}
     if fault:
         env["PREFGEN_FAULT"] = fault
     return subprocess.Popen(

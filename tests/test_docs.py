@@ -215,7 +215,7 @@ def test_the_test_table_names_every_test_file():
 
 
 # Variables of the Makefile that are not flags of `prefgen generate`.
-NOT_GENERATE = {"PYTHON", "VENV", "CLIENTS_VENV", "VLLM_VENV", "PORT"}
+NOT_GENERATE = {"PYTHON", "VENV", "CLIENTS_VENV", "VLLM_VENV", "RAY_VENV", "RAY_BENCH_ARGS", "PORT"}
 
 
 def make_variables() -> list[tuple[str, str]]:

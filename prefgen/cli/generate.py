@@ -7,9 +7,17 @@ from pathlib import Path
 
 import click
 
-from prefgen.cli.options import BatchSize, DedupMode, check_options, default, load_config, pair_options
+from prefgen.cli.options import (
+    BatchSize,
+    DedupMode,
+    OptionalFloat,
+    check_options,
+    default,
+    load_config,
+    pair_options,
+)
 from prefgen.cli.terminal import EXIT_INCOMPLETE, friendly_errors
-from prefgen.config import DEDUP_MODES, ENGINE_NAMES, LORA_MODES, PAIR_MODES
+from prefgen.config import DEDUP_MODES, ENGINE_NAMES, EXECUTORS, LORA_MODES, PAIR_MODES
 
 
 @click.command()
@@ -195,6 +203,40 @@ from prefgen.config import DEDUP_MODES, ENGINE_NAMES, LORA_MODES, PAIR_MODES
     "its wrong one rejected (needs --db-root).",
 )
 @pair_options
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTORS),
+    default=default("executor"),
+    show_default=True,
+    help="local: this process; ray: one run over a Ray cluster (pip install 'prefgen[ray]'), blocks of "
+    "samples handed to engine workers as they are free (docs/scale.md).",
+)
+@click.option(
+    "--ray-address",
+    default=default("ray_address"),
+    metavar="ADDR",
+    help="ray: the cluster to join [default: RAY_ADDRESS; unset: a Ray of the run's own on this machine].",
+)
+@click.option(
+    "--workers",
+    default=default("workers"),
+    metavar="N|MIN-MAX",
+    help="ray: engine workers; the run starts once MIN are placed and takes up to MAX as the cluster "
+    "grows [default: 1 up to what the cluster's GPUs hold].",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=OptionalFloat(),
+    default=default("gpus_per_worker"),
+    help="ray: GPUs Ray reserves for each engine worker [default: 0 with --device cpu, or with --device auto on "
+    "a cluster without GPUs; else 1].",
+)
+@click.option(
+    "--block-units",
+    type=int,
+    default=default("block_units"),
+    help="ray: units per block a worker takes (whole samples) [default: 4 batches].",
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @friendly_errors
 def generate(no_progress, **options):

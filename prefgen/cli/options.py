@@ -37,6 +37,21 @@ def default(name: str):
     return _DEFAULTS[name]
 
 
+class OptionalFloat(click.ParamType):
+    """A number, or nothing (a config file's null, as `ledger status --as-config` prints an unset
+    setting): the setting's default."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "":
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a valid float.", param, ctx)
+
+
 class BatchSize(click.ParamType):
     """A positive integer or `auto`."""
 

@@ -1,4 +1,5 @@
-"""Who runs the flow's steps: the local loop (`local`, in this process) or a cluster.
+"""Who runs the flow's steps: the local loop (`local`, in this process) or a cluster (`ray`:
+ray.py, one run over a Ray cluster; ray_flow.py is the one place it calls the flow's steps).
 
 `generate()` is what `prefgen generate` calls: it checks the start, opens the ledger under the
 run's locks, resolves the settings against what the ledger recorded (resume/), reconciles the
@@ -25,7 +26,12 @@ from prefgen.runtime.signals import StopSignals
 
 
 def executor_for(cfg: GenerateConfig):
-    """The executor the settings name."""
+    """The executor the settings name: the local loop, or with --executor ray one run over a Ray
+    cluster (executors/ray.py, imported only then: Ray is an extra)."""
+    if cfg.executor == "ray":
+        from prefgen.executors.ray import RayExecutor
+
+        return RayExecutor()
     from prefgen.executors.local import LocalExecutor
 
     return LocalExecutor()

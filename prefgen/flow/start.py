@@ -2,10 +2,11 @@
 
 A start that is refused leaves the directory exactly as it was, so the corrected command simply
 runs: nothing here creates, opens for writing or locks a file. What is checked: the output and
-ledger paths are writable; the model and adapter are where a local path says (a local path that
-does not exist fails at once, without the network); the engine is installed; the input is
-readable, every record valid, at least one there; with --db-root, the settings work and every
-database the records name is there (--allow-missing-db judges such records unverifiable).
+ledger paths are writable; Ray is installed for --executor ray; the model and adapter are where
+a local path says (a local path that does not exist fails at once, without the network); the
+engine is installed; the input is readable, every record valid, at least one there; with
+--db-root, the settings work and every database the records name is there (--allow-missing-db
+judges such records unverifiable).
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ def check_engine(cfg: GenerateConfig) -> None:
         raise ConfigError("--engine vllm needs vLLM, which is not installed", hint="pip install 'prefgen[vllm]'")
 
 
+def check_executor(cfg: GenerateConfig) -> None:
+    """--executor ray: Ray is installed (looked up, not imported)."""
+    if cfg.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise ConfigError("--executor ray needs Ray, which is not installed", hint="pip install 'prefgen[ray]'")
+
+
 def scan_input(cfg: GenerateConfig) -> set[str]:
     """Read every record of this process's input once (each is validated as it is read); return
     the database ids they name (with --db-root). Refuse an input without a record."""
@@ -103,6 +110,7 @@ def check_databases(cfg: GenerateConfig, db_ids: set[str]) -> None:
 def check_start(cfg: GenerateConfig, engine_given: bool = False) -> None:
     """Refuse a start that cannot work, before a ledger, output or lock file is made.
     `engine_given`: an engine was handed in (benchmarks, tests): no model is loaded."""
+    check_executor(cfg)
     check_writable(cfg.output_path, "--output")
     check_writable(cfg.ledger_path, "--ledger")
     if not engine_given and not cfg.reuse_answers:  # reused answers: the identities are compared instead

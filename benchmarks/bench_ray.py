@@ -1,0 +1,89 @@
+"""`bench.py --only ray` (in .venv-ray: `make bench-ray`): the same units locally and with
+--executor ray on a Ray of the run's own on this machine, with 1 and 2 engine workers (CPU).
+
+(a) local, end to end (the model loaded by the run); (b) Ray, 1 worker; (c) Ray, 2 workers --
+each end to end (Ray started, workers loading their model) and after the first worker was
+ready (from its model_loaded event: what a long run sees). (d) the driver alone: the units of
+(a) again with --reuse-answers, so the workers answer from (a)'s ledger with no model and the
+driver's judge, settle and commit steps set the pace (against ~800 units/s, what 64 GPUs make).
+Overhead per block: (b)'s steady time less (a)'s generation time, over (b)'s blocks.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+TARGET_1_WORKER = 0.7
+
+
+def timed(cfg) -> tuple[float, float, int, int]:
+    """(wall seconds, seconds after the first engine was ready, units, blocks) of one run."""
+    from prefgen.executors import generate
+    from prefgen.ledger.store import Ledger
+
+    started, wall_start = time.perf_counter(), time.time()
+    summary = generate(cfg, ["bench"], show_progress=False)
+    wall = time.perf_counter() - started
+    ledger = Ledger(cfg.ledger_path, readonly=True)
+    loaded = [row["at"] for row in ledger.db.query("select at from events where kind = 'model_loaded' order by id")]
+    ledger.close()
+    ready = datetime.fromisoformat(loaded[0]).timestamp() if loaded else wall_start
+    blocks = -(-summary.done_now // cfg.block_size) if cfg.executor == "ray" else 0
+    return wall, wall_start + wall - ready, summary.done_now, blocks
+
+
+def ray_comparison(cfg, work: Path) -> dict:
+    os.environ.setdefault("RAY_TMPDIR", str(work))
+    runs = {}
+    local = replace(cfg, output=str(work / "ray-local.jsonl"))
+    runs["(a) local"] = timed(local)
+    for workers in (1, 2):
+        ray_cfg = replace(cfg, output=str(work / f"ray-{workers}.jsonl"), executor="ray", workers=str(workers))
+        runs[f"({'bc'[workers - 1]}) ray, {workers} worker(s)"] = timed(ray_cfg)
+    driver = replace(
+        cfg,
+        output=str(work / "ray-driver.jsonl"),
+        executor="ray",
+        workers="2",
+        reuse_answers=local.output,
+        dedup_rejects="exact",
+    )
+    runs["(d) ray driver, answers reused"] = timed(driver)
+    click.echo(
+        f"\nRay (--executor ray, its own Ray, CPU): {cfg.max_samples} samples x {cfg.num_rejects} rejects,"
+        f" blocks of {replace(cfg, executor='ray').block_size} units"
+    )
+    click.echo(f"  {'way':<36} {'wall s':>7} {'units/s':>8} {'steady s':>9} {'units/s':>8}")
+    rows = {}
+    for name, (wall, steady, units, blocks) in runs.items():
+        rows[name] = {
+            "wall_s": wall,
+            "steady_s": steady,
+            "units": units,
+            "blocks": blocks,
+            "units_per_s": units / wall,
+            "steady_units_per_s": units / steady,
+        }
+        click.echo(f"  {name:<36} {wall:>7.2f} {units / wall:>8.1f} {steady:>9.2f} {units / steady:>8.1f}")
+    a, b, c = (rows[n] for n in list(rows)[:3])
+    ratios = {
+        "ray 1 worker / local (wall)": b["units_per_s"] / a["units_per_s"],
+        "ray 1 worker / local (steady)": b["steady_units_per_s"] / a["steady_units_per_s"],
+        "ray 2 workers / 1 worker (steady)": c["steady_units_per_s"] / b["steady_units_per_s"],
+    }
+    for name, value in ratios.items():
+        target = f"target >= {TARGET_1_WORKER}" if name.startswith("ray 1") else "2 cores: both workers share them"
+        click.echo(f"  {name:<36} {value:>7.2f}x  {target}")
+    per_block = (b["steady_s"] - a["steady_s"]) / max(b["blocks"], 1)
+    click.echo(f"  overhead per block (b steady - a steady) / blocks: {1000 * per_block:.1f} ms")
+    click.echo(
+        f"  driver with answers reused: {rows['(d) ray driver, answers reused']['steady_units_per_s']:.0f}"
+        " units/s  (a 64-GPU cluster makes ~800)"
+    )
+    return {"rows": rows, "ratios": ratios, "overhead_per_block_s": per_block}
