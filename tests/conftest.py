@@ -276,3 +276,13 @@ def isolated_home() -> Path:
     home = Path(os.environ["HOME"])
     assert home in _HOMES and home != REAL_HOME, "the tests' home is not set"
     return home
+
+
+# Four records, the second far longer than the others (its prompt does not fit a small context).
+LONG_TEXT = "SELECT name FROM products WHERE price > 10; Show the address, phone and email. " * 480
+RECORDS = [
+    {"instruction": "How many products are there?", "output": "SELECT count(*) FROM products"},
+    {"instruction": "Name them. " + LONG_TEXT, "output": "SELECT product_name FROM products"},
+    {"instruction": "List the staff.", "output": "SELECT staff_name FROM staff"},
+    {"instruction": "How many stores are there?", "output": "SELECT count(*) FROM stores"},
+]

@@ -6,7 +6,7 @@ import inspect
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT, SAMPLE, generate_args, query, read_jsonl, run_cli, scripted_engine, write_records
+from conftest import RECORDS, ROOT, SAMPLE, generate_args, query, read_jsonl, run_cli, scripted_engine, write_records
 
 from prefgen.config import GenerateConfig
 from prefgen.engines.base import Engine
@@ -94,13 +94,6 @@ def test_the_engines_share_loading_not_each_other():
 
 # A record whose prompt is ~9,100 tokens for the tiny model (19 tokens a sentence), past its
 # 8,192 positions, between records that fit.
-LONG_TEXT = "SELECT name FROM products WHERE price > 10; Show the address, phone and email. " * 480
-RECORDS = [
-    {"instruction": "How many products are there?", "output": "SELECT count(*) FROM products"},
-    {"instruction": "Name them. " + LONG_TEXT, "output": "SELECT product_name FROM products"},
-    {"instruction": "List the staff.", "output": "SELECT staff_name FROM staff"},
-    {"instruction": "How many stores are there?", "output": "SELECT count(*) FROM stores"},
-]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import generate_args, ledger_units, query, read_jsonl, run_cli, start, write_records
+from conftest import RECORDS, generate_args, ledger_units, query, read_jsonl, run_cli, start, write_records
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -125,9 +125,27 @@ def test_the_driver_killed_resumes_and_leaves_no_ray_behind(cluster, workdir, ti
     assert_same_as_local(out, local)
 
 
-def test_a_prompt_too_long_costs_its_units_only(cluster, workdir, tiny_model):
-    from test_engines import RECORDS
+def test_a_ray_run_in_progress_is_watched_through_its_ledger(cluster, workdir, tiny_model, sample_data):
+    """`ledger status` on a Ray run in progress: running, units committed, a rate and an ETA."""
+    import orjson
 
+    out = workdir / "ray.jsonl"
+    flags = ray_flags(cluster, ray_address=None, block_units=4, max_samples=12, num_rejects=2, max_new_tokens=8)
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}
+    process = start(generate_args(tiny_model, sample_data, out, **flags), fault="after_commit:sleep@2", env=env)
+    try:
+        wait_for_units(out, process)
+        time.sleep(1)  # the second commit done, the driver pauses (holding the run) before the rest
+        status = orjson.loads(run_cli(["ledger", "status", str(out), "--json"]).output)
+        assert status["runs"][-1]["status"] == "running" and process.poll() is None
+        assert 0 < status["units"]["done"] < 24 and status["units"]["total"] == 24
+        assert status["eta_s"] is not None and status["throughput"]["units_per_s"]
+    finally:
+        process.kill()
+        process.communicate()
+
+
+def test_a_prompt_too_long_costs_its_units_only(cluster, workdir, tiny_model):
     records = [{**r, "instruction": r["instruction"][:400]} for r in RECORDS]
     data = write_records(workdir / "data.json", records)
     flags = dict(max_samples=0, max_model_len=64)
