@@ -286,3 +286,13 @@ RECORDS = [
     {"instruction": "List the staff.", "output": "SELECT staff_name FROM staff"},
     {"instruction": "How many stores are there?", "output": "SELECT count(*) FROM stores"},
 ]
+
+
+def finished_run(tiny_model, work: Path, **flags) -> Path:
+    """A finished run of the tiny model on a copy of the shipped sample, with --db-root (so
+    verdicts and gold checks exist) unless told otherwise: its output."""
+    data = work / "data.json"
+    shutil.copy(SAMPLE, data)
+    out = work / "pairs.jsonl"
+    run_cli(generate_args(tiny_model, data, out, **{"num_rejects": 2, "db_root": DB_ROOT, **flags}))
+    return out

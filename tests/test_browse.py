@@ -10,7 +10,7 @@ import urllib.request
 
 import orjson
 import pytest
-from conftest import ROOT, browse_pages, generate_args, query, read_jsonl, run_cli, start
+from conftest import ROOT, browse_pages, finished_run, generate_args, query, read_jsonl, run_cli, start
 
 DB_ROOT = ROOT / "examples" / "spider_en" / "db"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -19,11 +19,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 @pytest.fixture(scope="module")
 def judged_run(tiny_model, tmp_path_factory):
     """A finished run of the tiny model with --db-root (so verdicts exist)."""
-    work = tmp_path_factory.mktemp("browse")
-    data = work / "data.json"
-    shutil.copy(ROOT / "examples" / "spider_en" / "department_store_alpaca.json", data)
-    out = work / "pairs.jsonl"
-    run_cli(generate_args(tiny_model, data, out, num_rejects=2, max_samples=6, db_root=DB_ROOT))
+    out = finished_run(tiny_model, tmp_path_factory.mktemp("browse"), max_samples=6)
     return out, str(out) + ".ledger.sqlite"
 
 

@@ -15,7 +15,7 @@ import urllib.request
 
 import orjson
 import pytest
-from conftest import ROOT, browse_pages, generate_args, query, run, run_cli, start
+from conftest import ROOT, browse_pages, finished_run, generate_args, query, run, run_cli, start
 
 DB_ROOT = ROOT / "examples" / "spider_en" / "db"
 
@@ -23,11 +23,7 @@ DB_ROOT = ROOT / "examples" / "spider_en" / "db"
 @pytest.fixture(scope="module")
 def finished(tiny_model, tmp_path_factory):
     """A finished run with --db-root (verdicts, gold checks): (output, ledger)."""
-    work = tmp_path_factory.mktemp("finished")
-    data = work / "data.json"
-    shutil.copy(ROOT / "examples" / "spider_en" / "department_store_alpaca.json", data)
-    out = work / "pairs.jsonl"
-    run_cli(generate_args(tiny_model, data, out, num_rejects=2, max_samples=4, db_root=DB_ROOT))
+    out = finished_run(tiny_model, tmp_path_factory.mktemp("finished"), max_samples=4)
     return out, out.parent / (out.name + ".ledger.sqlite")
 
 

@@ -11,6 +11,7 @@ import time
 import orjson
 import pytest
 from conftest import (
+    RECORDS,
     ROOT,
     assert_ledger_agrees_with_file,
     generate_args,
@@ -188,14 +189,7 @@ def test_too_long_prompts_and_verdicts(tiny_model, workdir):
 def test_a_prompt_past_the_models_positions_mid_file_is_too_long(tiny_model, workdir):
     """A ~9,100-token record between records that fit the tiny model's 8,192 positions (no
     --max-model-len): its units are too_long, the others generated, and the run exits 0."""
-    long_text = "SELECT name FROM products WHERE price > 10; Show the address, phone and email. " * 480
-    records = [
-        {"instruction": "How many products are there?", "output": "SELECT count(*) FROM products"},
-        {"instruction": "Name them. " + long_text, "output": "SELECT product_name FROM products"},
-        {"instruction": "List the staff.", "output": "SELECT staff_name FROM staff"},
-        {"instruction": "How many stores are there?", "output": "SELECT count(*) FROM stores"},
-    ]
-    data = write_records(workdir / "data.json", records)
+    data = write_records(workdir / "data.json", RECORDS)
     out = workdir / "pairs.jsonl"
     code, output = run(vllm_args(tiny_model, data, out, num_rejects=2, max_samples=0))
     assert code == 0, output

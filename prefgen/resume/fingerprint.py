@@ -35,23 +35,13 @@ FINGERPRINT_FIELDS = (
     "rank",
     "world_size",
 )
-GENERATION_FIELDS = frozenset(
-    (
-        "base_model",
-        "adapter_path",
-        "sft_data",
-        "seed",
-        "temperature",
-        "top_p",
-        "max_new_tokens",
-        "system",
-        "rank",
-        "world_size",
-        "engine",
-        "batch_invariant",
-        "lora",
-    )
-)
+# The part that decides each unit's text: all of the above but which units are written, and the
+# engine's settings (in the fingerprint only when not their defaults).
+GENERATION_FIELDS = frozenset(FINGERPRINT_FIELDS) - {"num_rejects", "dedup_rejects"} | {
+    "engine",
+    "batch_invariant",
+    "lora",
+}
 # --pairs onpolicy and how its pairs are made; in the fingerprint only in that mode.
 PAIR_FIELDS = ("pairs", "answer", "fallback")
 # Judging settings added after the first ledgers, and the value that is the rule of a ledger made
