@@ -57,6 +57,8 @@ DEFAULT_DB_VARIANT_MAX_MB = 200.0
 GOLD_SUSPECT_MODES = ("keep", "skip")
 DEFAULT_GOLD_SUSPECT, DEFAULT_SUSPECT_SHARE = "keep", 0.5
 
+DEFAULT_SEED = 42  # --seed; database variants are drawn from it too
+
 # Execution limits (--time-limit, --max-rows), shared by generate, verify and pair.
 DEFAULT_TIME_LIMIT = 5.0
 DEFAULT_MAX_ROWS = 100_000
@@ -117,7 +119,7 @@ class CheckPolicy:
     db_variant_max_mb: float = DEFAULT_DB_VARIANT_MAX_MB
     gold_suspect: str | None = DEFAULT_GOLD_SUSPECT  # None: not given ("", not checked, for a ledger made before)
     suspect_share: float = DEFAULT_SUSPECT_SHARE
-    variant_seed: int = 42  # generate: the run's --seed (variants are drawn from it)
+    variant_seed: int = DEFAULT_SEED  # generate: the run's --seed (variants are drawn from it)
 
     def __post_init__(self):
         if self.evaluator == "":  # an empty value (a config file, the Makefile): not given
@@ -173,7 +175,7 @@ class GenerateConfig:
     ledger: str = ""
     num_rejects: int = 1
     dedup_rejects: str = ""  # "" (off), "exact" or "sql"
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     max_new_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 0.9
@@ -212,7 +214,7 @@ class GenerateConfig:
         for name in UNSET_FIELDS:  # left out: decided by the ledger (resume/settings.py)
             judging.setdefault(name, None)
         flags.pop("variant_seed", None)
-        return cls(**flags, check=CheckPolicy(**judging, variant_seed=flags.get("seed", 42)))
+        return cls(**flags, check=CheckPolicy(**judging))  # its variant_seed: the run's --seed (__post_init__)
 
     def __getattr__(self, name: str):
         if name in CHECK_FIELDS:  # cfg.db_root, cfg.evaluator, ...: the judging settings
@@ -292,9 +294,11 @@ class GenerateConfig:
                 "--rank and --world-size split a run into static ranks; --executor ray hands out blocks itself",
                 hint="drop --rank/--world-size (and torchrun, whose RANK/WORLD_SIZE set them)",
             )
-        if self.overlap is not None:
+        if self.overlap is not None or self.exec_workers:
+            flag = "--overlap/--no-overlap" if self.overlap is not None else "--exec-workers"
             raise ConfigError(
-                "--overlap/--no-overlap is a setting of the local loop", hint="drop it with --executor ray"
+                f"{flag} is a setting of the local loop",
+                hint="drop it with --executor ray (its judging runs as Ray tasks, one CPU each)",
             )
         if self.device.startswith("cuda:"):
             raise ConfigError(

@@ -72,6 +72,41 @@ def test_a_ledger_without_a_committed_unit_takes_the_new_settings(workdir, tiny_
     assert "was started with other settings" in result.output
 
 
+def test_a_rank_with_no_record_has_nothing_to_do_and_merge_takes_its_part(workdir, tiny_model, sample_data):
+    out = workdir / "out.jsonl"
+    for rank in range(4):  # 3 records over 4 ranks: rank 3 has none
+        args = generate_args(tiny_model, sample_data, out, max_samples=3, num_rejects=1, rank=rank, world_size=4)
+        assert run_cli(args).exit_code == 0
+    assert (workdir / "out.rank3-of-4.jsonl.ledger.sqlite").exists()
+    run_cli(["merge", "--output", str(out), "--world-size", "4"])
+    assert [line["sample_index"] for line in read_jsonl(out)] == [0, 1, 2]
+
+
+def test_reused_answers_that_are_not_there_or_not_this_runs_are_refused_before_anything_is_made(
+    workdir, tiny_model, sample_data
+):
+    old = workdir / "old.jsonl"
+    run_cli(generate_args(tiny_model, sample_data, old, max_samples=2))
+    before = listing(workdir)
+    result = run_cli(generate_args(tiny_model, sample_data, workdir / "new.jsonl", reuse_answers="nosuch.jsonl"), 1)
+    assert "--reuse-answers nosuch.jsonl: no ledger" in result.output
+    args = generate_args(tiny_model, sample_data, workdir / "new.jsonl", max_samples=2, seed=9, reuse_answers=old)
+    result = run_cli(args, expect=1)
+    assert "were generated otherwise" in result.output and "seed (old: 1234, now: 9)" in result.output
+    assert listing(workdir) == before
+
+
+def test_an_empty_ledger_is_taken_over_even_by_a_larger_cap_and_reuses_nothing(workdir, tiny_model, sample_data):
+    out = workdir / "out.jsonl"
+    args = generate_args(tiny_model, sample_data, out, max_samples=2, max_new_tokens=8)
+    code, _ = run(args, fault="after_model_load:raise")
+    assert code != 0
+    result = run_cli(generate_args(tiny_model, sample_data, out, max_samples=2, max_new_tokens=16))
+    assert "holds no committed unit" in result.output and "max_new_tokens (ledger: 8, now: 16)" in result.output
+    assert not list(workdir.glob("*cap8*"))  # nothing moved aside: there was nothing to keep
+    assert query(str(out) + ".ledger.sqlite", "select count(*) as n from units where source = 'reused'")[0]["n"] == 0
+
+
 def test_the_default_device_says_nothing_on_a_cpu_machine(workdir, tiny_model, sample_data):
     args = generate_args(tiny_model, sample_data, workdir / "out.jsonl", max_samples=1, device=None)
     result = run_cli(args)

@@ -158,7 +158,12 @@ def test_a_prompt_too_long_costs_its_units_only(cluster, workdir, tiny_model):
 
 def test_local_flags_are_refused_with_ray(workdir, tiny_model, sample_data):
     out = workdir / "out.jsonl"
-    for flag, said in (({"world_size": 2}, "--world-size"), ({"overlap": True}, "--overlap")):
+    refused = (
+        ({"world_size": 2}, "--world-size"),
+        ({"overlap": True}, "--overlap"),
+        ({"exec_workers": 2}, "--exec-workers"),
+    )
+    for flag, said in refused:
         result = run_cli(generate_args(tiny_model, sample_data, out, executor="ray", **flag), expect=1)
         assert said in result.output
     result = run_cli(generate_args(tiny_model, sample_data, out, workers="2"), expect=1)

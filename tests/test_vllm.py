@@ -230,7 +230,7 @@ def test_not_enough_memory_for_the_kv_cache_is_an_error_naming_the_flags(tiny_mo
 def test_resuming_a_vllm_run_with_the_transformers_engine_is_refused(vllm_reference, tiny_model):
     data, reference = vllm_reference
     code, output = run(generate_args(tiny_model, data, reference, **{**FLAGS, "engine": "transformers"}))
-    assert code == 1 and "engine (ledger: 'vllm', now: None)" in output
+    assert code == 1 and "engine (ledger: 'vllm', now: 'transformers')" in output
 
 
 def test_the_engine_is_sized_as_vllms_llm_class_sizes_offline_work(tiny_model):

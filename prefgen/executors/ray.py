@@ -71,14 +71,16 @@ def ray_session(cfg, workers: int) -> Iterator[bool]:
         ray.shutdown()
 
 
-def worker_gpus(cfg) -> float:
-    """GPUs Ray reserves for each engine worker: --gpus-per-worker, else 0 with --device cpu,
-    and with --device auto 1 where the cluster has GPUs (a worker without any sees none: CPU)."""
+def worker_gpus(cfg, own: bool) -> float:
+    """GPUs Ray reserves for each engine worker: --gpus-per-worker, else 0 with --device cpu, and
+    with --device auto 0 only on a Ray of the run's own on a machine without GPUs. A cluster the
+    run joins may have no GPU yet (an autoscaler adds them for the workers that ask): there a
+    worker asks 1, and --device cpu says otherwise."""
     import ray
 
     if cfg.gpus_per_worker is not None:
         return float(cfg.gpus_per_worker)
-    if cfg.device == "cpu" or (cfg.device == "auto" and not ray.cluster_resources().get("GPU", 0)):
+    if cfg.device == "cpu" or (cfg.device == "auto" and own and not ray.cluster_resources().get("GPU", 0)):
         return 0.0
     return 1.0
 
@@ -100,7 +102,7 @@ def run_on_ray(run: Run, units: Iterable[WorkUnit]) -> int:
     cfg = run.cfg
     low, high = cfg.worker_range
     with ray_session(cfg, high or low) as own:
-        gpus = worker_gpus(cfg)
+        gpus = worker_gpus(cfg, own)
         high = high or max(low, default_workers(gpus))
         where = "a Ray of its own" if own else cluster_address(cfg)
         log.info("--executor ray on %s: %d-%d engine workers, blocks of %d units", where, low, high, cfg.block_size)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from prefgen.config import GenerateConfig, looks_local
 from prefgen.errors import ConfigError, InputError, ModelError, OutputError
-from prefgen.flow.plan import shard
 from prefgen.flow.records import iter_records, require_string_field
 from prefgen.sql.execute import database_path
 
@@ -73,23 +72,29 @@ def check_executor(cfg: GenerateConfig) -> None:
 
 
 def scan_input(cfg: GenerateConfig) -> set[str]:
-    """Read every record of this process's input once (each is validated as it is read); return
-    the database ids they name (with --db-root). Refuse an input without a record."""
-    records = shard(iter_records(cfg.sft_data, cfg.max_samples), cfg.rank, cfg.world_size)
-    if cfg.db_root:
-        records = require_string_field(records, cfg.db_field, cfg.sft_data, DB_FIELD_HINT)
+    """Read every record of the input once (each is validated as it is read); return the
+    database ids this process's records name (with --db-root). Refuse an input without a record
+    (a rank whose share is empty is fine: it has nothing to do, as `merge` expects)."""
     count, db_ids = 0, set()
-    for record in records:
+    for record in iter_records(cfg.sft_data, cfg.max_samples):
         count += 1
-        if cfg.db_root:
+        if cfg.db_root and record.index % cfg.world_size == cfg.rank:
+            (record,) = require_string_field([record], cfg.db_field, cfg.sft_data, DB_FIELD_HINT)
             db_ids.add(record.fields[cfg.db_field])
     if not count:
         raise InputError(
-            f"{cfg.sft_data} holds no record"
-            + (f" for rank {cfg.rank} of {cfg.world_size}" if cfg.world_size > 1 else ""),
+            f"{cfg.sft_data} holds no record",
             hint="give Alpaca records: a JSON array or JSON Lines of {instruction, input, output}",
         )
     return db_ids
+
+
+def check_reuse(cfg: GenerateConfig) -> None:
+    """--reuse-answers: OLD is there and its answers are this run's (same model, adapter, prompt
+    and sampling), checked read-only before anything is made."""
+    from prefgen.resume.reuse import check_old
+
+    check_old(cfg)
 
 
 def check_databases(cfg: GenerateConfig, db_ids: set[str]) -> None:
@@ -113,9 +118,12 @@ def check_start(cfg: GenerateConfig, engine_given: bool = False) -> None:
     check_executor(cfg)
     check_writable(cfg.output_path, "--output")
     check_writable(cfg.ledger_path, "--ledger")
-    if not engine_given and not cfg.reuse_answers:  # reused answers: the identities are compared instead
+    if cfg.reuse_answers:
+        check_reuse(cfg)  # the model may never load: OLD's identities are compared instead
+    elif not engine_given:
         check_model(cfg.base_model, "--base-model", "config.json")
         check_model(cfg.adapter_path, "--adapter-path", "adapter_config.json", "adapter")
+    if not engine_given:
         check_engine(cfg)
     if cfg.db_root:
         cfg.check.check()

@@ -9,4 +9,5 @@ OUTPUT_SHA256 = "output_sha256"  # SHA-256 of its bytes [output_base, output_com
 SAMPLES_TOTAL = "samples_total"  # records of the input (this rank's)
 NUM_REJECTS = "num_rejects"
 MAX_ATTEMPTS = "max_attempts"
+VERDICT_RULE = "verdict_rule"  # with --db-root: the rule the verdicts follow (sql/variants.py VERDICT_RULE)
 RAISED_FROM = "raised_from"  # a raised --max-new-tokens: the moved ledger answers are reused from

@@ -2,7 +2,7 @@
 
 The fingerprint (fingerprint.py) holds paths and settings; a retrained adapter or a replaced model at
 the same path would resume into the same file and mix two experiments. A run records these
-identities in its ledger (meta `generation_identity`, Ledger.record_identity) and a resumed run must match them.
+identities in its ledger (meta `generation_identity`, keys.GENERATION_IDENTITY) and a resumed run must match them.
 
 The base model is identified by its small files hashed (config, generation config, tokenizer,
 the safetensors index) and its weight files by name, size and safetensors header: the tensors

@@ -103,10 +103,10 @@ def smaller_cap(cfg: GenerateConfig, ledger_path: Path) -> int | None:
     accept the run or refuse it)."""
     ledger = Ledger(ledger_path)  # as the run would open it: brought up to date
     try:
-        stored, identity = ledger.fingerprint(), ledger.meta_json(GENERATION_IDENTITY)
+        stored, identity, work = ledger.fingerprint(), ledger.meta_json(GENERATION_IDENTITY), ledger.holds_work()
     finally:
         ledger.close()
-    if stored is None:
+    if stored is None or not work:  # nothing committed: the run takes the ledger over (resume/settings.py)
         return None
     if changed(stored, fingerprint_of(resolve(cfg, stored))) != {"max_new_tokens"}:
         return None

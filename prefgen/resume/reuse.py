@@ -61,6 +61,20 @@ class OldAnswers:
         return self.new_cap > self.cap and row["truncated"] != 0 and (row["new_tokens"] or 0) >= self.cap
 
 
+def check_old(cfg: GenerateConfig) -> None:
+    """Refuse, before a run starts, an OLD that is not there or whose answers were generated
+    otherwise (its settings compared as resolved for a new ledger: the generation part does not
+    depend on the judging settings)."""
+    from prefgen.resume.settings import resolve
+
+    ledger = Ledger(old_ledger_path(cfg.reuse_answers), readonly=True)
+    try:
+        fingerprint, identity = ledger.fingerprint() or {}, ledger.meta_json(keys.GENERATION_IDENTITY)
+    finally:
+        ledger.close()
+    check_generation(resolve(cfg, None), cfg.reuse_answers, fingerprint, identity)
+
+
 def read_answers(cfg: GenerateConfig, old: str) -> OldAnswers:
     """OLD's stored answers, after refusing an OLD whose generation differs (but for a smaller cap)."""
     ledger = Ledger(old_ledger_path(old), readonly=True)

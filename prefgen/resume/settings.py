@@ -13,7 +13,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from prefgen.config import DEFAULT_DB_VARIANTS, DEFAULT_EVALUATOR, DEFAULT_GOLD_SUSPECT, CheckPolicy, GenerateConfig
+from prefgen.config import (
+    DEFAULT_DB_VARIANTS,
+    DEFAULT_EVALUATOR,
+    DEFAULT_GOLD_SUSPECT,
+    LENIENT,
+    CheckPolicy,
+    GenerateConfig,
+)
 from prefgen.errors import SettingsMismatch
 from prefgen.ledger import keys
 from prefgen.ledger.store import Ledger
@@ -52,13 +59,45 @@ def resume(cfg: GenerateConfig, ledger: Ledger) -> GenerateConfig:
     """The settings of a run over `ledger`: resolved, then checked against what the ledger
     recorded (recorded now, on a new ledger): the fingerprint, the generation identity and the
     judging settings themselves."""
-    stored = ledger.fingerprint()
-    if stored is not None and not ledger.holds_work():
-        stored = None  # a start that failed before committing anything: these settings replace its own
+    previous = ledger.fingerprint()
+    empty = previous is not None and not ledger.holds_work()
+    stored = None if empty else previous  # a start that failed before committing anything: replaced
     cfg = resolve(cfg, stored)
-    check_fingerprint(ledger, stored, fingerprint_of(cfg), replacing=ledger.fingerprint())
+    now = fingerprint_of(cfg)
+    if empty and previous != now:
+        cfg = forget_raise(cfg, ledger)
+    check_fingerprint(ledger, stored, now, replacing=previous)
     check_identity(ledger, cfg, replace=stored is None)  # what is at the model and adapter paths, not only the paths
+    note_verdict_rule(cfg, ledger)
     return cfg
+
+
+def note_verdict_rule(cfg: GenerateConfig, ledger: Ledger) -> None:
+    """Record the rule verdicts on database variants follow; a ledger judged on variants before
+    it is resumed, saying that its earlier verdicts keep the rule they were made with."""
+    from prefgen.sql.variants import VERDICT_RULE
+
+    if not cfg.db_root or ledger.meta(keys.VERDICT_RULE) == VERDICT_RULE:
+        return
+    if cfg.db_variants and cfg.evaluator != LENIENT and ledger.holds_work():
+        log.warning(
+            "%s was judged on database variants before each evaluator was scored over the whole suite: its"
+            " units judged so far keep their verdicts, the rest follow the suite rule; to judge every unit"
+            " alike, run into a new --output with --reuse-answers %s",
+            ledger.path,
+            ledger.path,
+        )
+    ledger.update_meta({keys.VERDICT_RULE: VERDICT_RULE})
+
+
+def forget_raise(cfg: GenerateConfig, ledger: Ledger) -> GenerateConfig:
+    """A ledger taken over with other settings is no longer a raised cap's: the answers of the
+    run it had moved aside are not reused (unless asked for again with --reuse-answers)."""
+    raised = ledger.meta(keys.RAISED_FROM)
+    if not raised:
+        return cfg
+    ledger.update_meta({keys.RAISED_FROM: ""})
+    return dataclasses.replace(cfg, reuse_answers="") if cfg.reuse_answers == raised else cfg
 
 
 def check_fingerprint(ledger: Ledger, stored: dict | None, now: dict, replacing: dict | None = None) -> None:

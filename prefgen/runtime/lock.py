@@ -136,6 +136,11 @@ def shared(path: str | Path) -> Reader:
     target = lock_path(Path(path))
     try:
         fd = os.open(target, os.O_RDONLY)
+    except FileNotFoundError:
+        try:  # a copied or moved ledger: make its lock, where the storage allows, so a writer waits
+            fd = os.open(target, os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:
+            return Reader(None)  # read-only storage: no writer can be at work there either
     except OSError:
         return Reader(None)
     try:

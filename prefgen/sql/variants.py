@@ -47,6 +47,9 @@ from prefgen.units import DISPUTED, EQUIVALENT, TIMEOUT, UNVERIFIABLE, WRONG_RES
 
 log = logging.getLogger("prefgen")
 
+# The rule verdicts on variants follow, recorded in a ledger (meta verdict_rule): each evaluator
+# scored over the whole suite. Ledgers judged before it hold no value.
+VERDICT_RULE = "suite"
 CACHE_ENV = "PREFGEN_VARIANT_CACHE"
 FORMAT = "1"  # part of the cache key: a change to how variants are drawn gets new files
 DROP_SHARE = 0.25  # of the rows nothing references, the share a variant drops
