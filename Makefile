@@ -131,7 +131,7 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check $(LINT_PATHS)
 	$(BIN)/python -m ruff format --check $(LINT_PATHS)
 
-# Every test: the slow ones with the fast, then the two venv checks (what .ci/run runs).
+# Every test: lint, the slow ones with the fast, then the three venv checks (what .ci/run runs).
 check: $(STAMP) lint
 	$(BIN)/python -m pytest -q -m 'not clients and not vllm and not ray'
 	$(MAKE) check-clients
