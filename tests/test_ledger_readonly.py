@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import orjson
 import pytest
@@ -262,8 +263,9 @@ def test_a_writer_waits_for_a_reader_and_a_reader_sees_the_writer(finished, tmp_
 
     ledger = tmp_path / "copy.ledger.sqlite"
     shutil.copy(finished[1], ledger)
-    reader = shared(ledger)  # no lock file yet: nothing held, no writer
-    assert (reader.writer, reader.fd) == (None, None)
+    reader = shared(ledger)  # no lock file yet (a copied ledger): the reader makes it, and holds it shared
+    assert reader.writer is None and reader.fd is not None and Path(f"{ledger}.lock").exists()
+    reader.release()
     with exclusive(ledger):
         holder = shared(ledger)
         assert (
