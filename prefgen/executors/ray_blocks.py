@@ -83,6 +83,7 @@ class Scheduler:
         self.stopping = False
         self.done = 0
         self.cut = 0
+        self.busy = 0.0  # seconds the driver spent on answers, judging, settling and commits
 
     def execute(self) -> int:
         """Run until every block is committed (or a stop asked for is honoured); the units committed."""
@@ -99,15 +100,19 @@ class Scheduler:
                 break
             refs = [*self.generating, *self.judging, *self.pool.refs]
             ready = ray.wait(refs, num_returns=1, timeout=PULSE_S)[0] if refs else time.sleep(PULSE_S) or []
+            started = time.perf_counter()
             for ref in ready:
                 self.handle(ref)
             self.commit_ready()
+            self.busy += time.perf_counter() - started
             if in_flight or ready:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > IDLE_NOTICE_S:
                 log.warning("no engine worker is ready: waiting for the cluster; %s", self.pool.shortage())
                 idle_since = time.monotonic()
         self.commit_ready()
+        # what the driver's own work costs: its capacity, units per busy second, for sizing a cluster
+        self.run.record_event("ray_driver", {"busy_s": round(self.busy, 3), "units": self.done, "blocks": self.cut})
         self.run.stop.check()
         return self.done
 

@@ -1,13 +1,14 @@
 """The engine workers of a Ray run: started up to MAX, the run begins once MIN are ready, a
 lost one is replaced, and one that cannot be placed yet waits (an autoscaler, or a node that
-joins later, places it). A free worker takes the next block; which one does is all this decides.
+joins later, places it). A worker with room takes the next block; which one does is all this
+decides. Each worker holds up to DEPTH blocks (one generating, the next queued in the actor),
+so it starts its next block the moment it ends one, without waiting for the driver.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from typing import Callable
 
 import ray
@@ -20,19 +21,21 @@ log = logging.getLogger("prefgen")
 
 # A call that failed because a worker, its process or its node went away: its block is redone.
 LOST = (rx.RayActorError, rx.WorkerCrashedError, rx.NodeDiedError, rx.ObjectLostError, rx.OutOfMemoryError)
+DEPTH = 2  # blocks a worker holds at once: the one it generates and the next
 RESPAWN_DELAY_S = 2.0  # a dead node is noticed by the cluster after a while: its replacement waits
 NOTICE_S = 30.0  # how often "still waiting for workers" is said
 
 
 class WorkerPool:
-    """Engine workers (EngineWorker actors): starting, idle and busy."""
+    """Engine workers (EngineWorker actors): starting, and ready with the blocks each holds."""
 
     def __init__(self, cfg, low: int, high: int, gpus: float, on_ready: Callable[[dict], None], threads: int = 0):
         self.cfg, self.low, self.high, self.gpus, self.on_ready = cfg, low, high, gpus, on_ready
         self.threads = threads  # torch threads of a CPU engine (0: Ray's default)
         self.starting: dict = {}  # ref of info() -> actor
-        self.ready: list = []  # actors that loaded their engine (busy or idle)
-        self.idle: deque = deque()
+        self.ready: list = []  # actors that loaded their engine
+        self.held: dict = {}  # ready actor -> blocks it holds (generating or queued in it)
+        self.gone: set = set()  # workers lost, already replaced
         self.due: list[float] = []  # when replacements are to start
         self.lost_count = 0
 
@@ -68,23 +71,33 @@ class WorkerPool:
             self.lost(actor, exc, "while starting")
             return
         self.ready.append(actor)
-        self.idle.append(actor)
+        self.held[actor] = 0
         log.info("engine worker ready on node %s (%d ready)", info.get("node"), len(self.ready))
         self.on_ready(info)
 
     def take(self):
-        return self.idle.popleft() if self.idle else None
+        """The ready worker holding the fewest blocks, if one has room (it then holds one more)."""
+        actor = min(self.ready, key=self.held.__getitem__, default=None)
+        if actor is None or self.held[actor] >= DEPTH:
+            return None
+        self.held[actor] += 1
+        return actor
 
     def free(self, actor) -> None:
-        self.idle.append(actor)
+        """A worker gave a block back (answered)."""
+        if actor in self.held:
+            self.held[actor] -= 1
 
     def lost(self, actor, exc: BaseException, doing: str) -> None:
-        """A worker that died (or whose node did): dropped, killed for good, replaced soon."""
+        """A worker that died (or whose node did): dropped, killed for good, replaced soon (once,
+        however many of its blocks come back failed)."""
+        if actor in self.gone:
+            return
+        self.gone.add(actor)
         self.lost_count += 1
         if actor in self.ready:
             self.ready.remove(actor)
-        if actor in self.idle:
-            self.idle.remove(actor)
+        self.held.pop(actor, None)
         kill(actor)
         log.warning("engine worker lost %s (%s): replacing it", doing, type(exc).__name__)
         self.due.append(time.monotonic() + RESPAWN_DELAY_S)
@@ -128,8 +141,7 @@ class WorkerPool:
     def close(self) -> None:
         for actor in [*self.ready, *self.starting.values()]:
             kill(actor)
-        self.ready, self.starting = [], {}
-        self.idle.clear()
+        self.ready, self.starting, self.held = [], {}, {}
 
 
 def kill(actor) -> None:
