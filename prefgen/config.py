@@ -57,6 +57,7 @@ DEFAULT_DB_VARIANT_MAX_MB = 200.0
 GOLD_SUSPECT_MODES = ("keep", "skip")
 DEFAULT_GOLD_SUSPECT, DEFAULT_SUSPECT_SHARE = "keep", 0.5
 
+DB_FIELD_HINT = "--db-field names the field holding the database id"  # a record without it
 DEFAULT_SEED = 42  # --seed; database variants are drawn from it too
 
 # Execution limits (--time-limit, --max-rows), shared by generate, verify and pair.

@@ -51,14 +51,19 @@ class BatchRows:
         self.run.record_event("oom_backoff", detail)
 
 
+def auto_rows(engine: Engine, units) -> tuple[int, int]:
+    """`--batch-size auto`: the rows that fit the longest prompt of the first AUTO_PROBE_RECORDS
+    of `units`, and that length."""
+    longest = max((engine.prompt_length(u) for u in islice(units, AUTO_PROBE_RECORDS)), default=1)
+    return engine.find_batch_size(longest), longest
+
+
 def choose_batch_size(run: Run, engine: Engine) -> int:
     """`--batch-size`, or for `auto` the largest that fits the longest of the first prompts."""
     cfg = run.cfg
     if cfg.batch_size != "auto":
         return cfg.batch_size
-    first = plan_units(islice(run.records(), AUTO_PROBE_RECORDS), 1, cfg.seed)
-    longest = max((engine.prompt_length(u) for u in first), default=1)
-    rows = engine.find_batch_size(longest)
+    rows, longest = auto_rows(engine, plan_units(islice(run.records(), AUTO_PROBE_RECORDS), 1, cfg.seed))
     log.info("--batch-size auto: %d rows fit (prompt %d + %d new tokens)", rows, longest, cfg.max_new_tokens)
     run.record_event("batch_size_auto", {"rows": rows, "prompt_tokens": longest})
     return rows

@@ -13,15 +13,15 @@ from typing import Callable
 
 from prefgen.config import GenerateConfig, resolve_model_ref
 from prefgen.engines.base import Engine
-from prefgen.executors.local import AUTO_PROBE_RECORDS
+from prefgen.executors.local import auto_rows
 from prefgen.flow.batching import batches
 from prefgen.flow.commit import unit_row
 from prefgen.flow.judge import DedupIndex, judge_batch, with_verdict
-from prefgen.flow.run import Run, load_engine
+from prefgen.flow.run import Run, engine_info, load_engine
 from prefgen.flow.settle import OpenSamples, Settled
 from prefgen.units import CANDIDATE, WRITTEN, Answer, Judged, WorkUnit
 
-__all__ = ["load_engine"]
+__all__ = ["engine_info", "load_engine"]
 
 
 def worker_config(cfg: GenerateConfig) -> GenerateConfig:
@@ -38,17 +38,11 @@ def absolute_path(value: str) -> str:
     return str(Path(value).expanduser().resolve()) if value else value
 
 
-def engine_info(engine: Engine, cfg: GenerateConfig) -> dict:
-    """The `model_loaded` event a local run records for its engine (Run.load_engine)."""
-    return {"engine": cfg.engine, "device": engine.device, "adapter_merged": engine.adapter_merged, **engine.settings}
-
-
 def batch_rows(engine, cfg: GenerateConfig, units: list[WorkUnit]) -> int:
     """--batch-size, or for `auto` the largest that fits the longest of these prompts."""
     if cfg.batch_size != "auto":
         return cfg.batch_size
-    longest = max((engine.prompt_length(u) for u in units[:AUTO_PROBE_RECORDS]), default=1)
-    return engine.find_batch_size(longest)
+    return auto_rows(engine, units)[0]
 
 
 def generate_block(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from prefgen.config import GenerateConfig
+from prefgen.config import DB_FIELD_HINT, GenerateConfig
 from prefgen.engines.base import Engine
 from prefgen.flow.commit import OutputJournal
 from prefgen.flow.judge import DedupIndex
@@ -77,8 +77,7 @@ class Run:
         cfg = self.cfg
         records = shard(iter_records(cfg.sft_data, cfg.max_samples), cfg.rank, cfg.world_size)
         if self.policy:
-            hint = "--db-field names the field holding the database id"
-            records = require_string_field(records, cfg.db_field, cfg.sft_data, hint)
+            records = require_string_field(records, cfg.db_field, cfg.sft_data, DB_FIELD_HINT)
         return records
 
     def counts(self) -> dict[str, int]:
@@ -121,15 +120,7 @@ class Run:
         """The engine (loaded now, unless given), recorded in the ledger."""
         if engine is None:
             engine = load_engine(self.cfg)
-        self.record_event(
-            "model_loaded",
-            {
-                "engine": self.cfg.engine,
-                "device": engine.device,
-                "adapter_merged": engine.adapter_merged,
-                **engine.settings,
-            },
-        )
+        self.record_event("model_loaded", engine_info(engine, self.cfg))
         fault_point("after_model_load")
         self.stop.check()
         return engine
@@ -173,6 +164,11 @@ class Run:
         summary.answers = answer_sources(self.ledger)
         summary.golds = golds_data(self.ledger, self.ledger.fingerprint() or {})  # recorded by resume()
         return summary
+
+
+def engine_info(engine: Engine, cfg: GenerateConfig) -> dict:
+    """What the ledger's `model_loaded` event records of an engine (vLLM: the sizes it chose)."""
+    return {"engine": cfg.engine, "device": engine.device, "adapter_merged": engine.adapter_merged, **engine.settings}
 
 
 def load_engine(cfg: GenerateConfig) -> Engine:

@@ -15,12 +15,11 @@ import importlib.util
 import os
 from pathlib import Path
 
-from prefgen.config import GenerateConfig, looks_local
+from prefgen.config import DB_FIELD_HINT, GenerateConfig, looks_local
 from prefgen.errors import ConfigError, InputError, ModelError, OutputError
 from prefgen.flow.records import iter_records, require_string_field
 from prefgen.sql.execute import database_path
 
-DB_FIELD_HINT = "--db-field names the field holding the database id"
 MISSING_SHOWN = 5  # missing databases named in the error
 
 

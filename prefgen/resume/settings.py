@@ -24,7 +24,7 @@ from prefgen.config import (
 from prefgen.errors import SettingsMismatch
 from prefgen.ledger import keys
 from prefgen.ledger.store import Ledger
-from prefgen.resume.fingerprint import LEGACY, differences, fingerprint_of, judging_only
+from prefgen.resume.fingerprint import LEGACY, changed, differences, fingerprint_of, judging_only
 from prefgen.resume.identity import check_identity
 
 log = logging.getLogger("prefgen")
@@ -116,7 +116,7 @@ def check_fingerprint(ledger: Ledger, stored: dict | None, now: dict, replacing:
     differing = differences(stored, now)
     if not differing:
         return
-    same = judging_only(key for key in set(stored) | set(now) if stored.get(key) != now.get(key))
+    same = judging_only(changed(stored, now))
     raise SettingsMismatch(
         f"{ledger.path} was started with other settings: "
         + "; ".join(differing)

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import orjson
 
-from prefgen.config import CheckPolicy, check_pair_modes
+from prefgen.config import DB_FIELD_HINT, CheckPolicy, check_pair_modes
 from prefgen.errors import ConfigError, InputError
 from prefgen.files.atomic import atomic_write
 from prefgen.flow.commit import pair_line
@@ -64,7 +64,7 @@ def _line_fields(path: str, number: int, line: object, db_field: str) -> dict:
         if not isinstance(line.get(name), str):
             raise InputError(
                 f"{path}: line {number}: field {name!r} is missing or not a string",
-                hint="--db-field names the field holding the database id" if name == db_field else "",
+                hint=DB_FIELD_HINT if name == db_field else "",
             )
     if line.get("input") is not None and not isinstance(line["input"], str):
         raise InputError(f"{path}: line {number}: field 'input' is not a string")

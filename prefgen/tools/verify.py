@@ -19,7 +19,7 @@ from typing import Iterator
 
 import orjson
 
-from prefgen.config import CheckPolicy
+from prefgen.config import DB_FIELD_HINT, CheckPolicy
 from prefgen.errors import InputError
 from prefgen.files.atomic import atomic_write
 from prefgen.flow.commit import suspect_fields
@@ -107,7 +107,7 @@ def _fields(path: str, number: int, pair: object, db_field: str) -> tuple[str, s
         if not isinstance(pair.get(name), str):
             raise InputError(
                 f"{path}: line {number}: field {name!r} is missing or not a string",
-                hint="--db-field names the field holding the database id" if name == db_field else "",
+                hint=DB_FIELD_HINT if name == db_field else "",
             )
     return pair[db_field], pair["chosen"], pair["rejected"]
 
