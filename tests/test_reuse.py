@@ -141,3 +141,33 @@ def test_a_larger_cap_regenerates_only_the_units_cut_at_the_smaller_one(workdir,
     low = workdir / "low.jsonl"
     lower = run_cli(generate_args(tiny_model, sample_data, low, reuse_answers=fresh, **flags), expect=1)
     assert "--max-new-tokens 24" in lower.output and "this run's 8" in lower.output and "lowering" in lower.output
+
+
+def test_old_answers_are_read_a_few_samples_at_a_time(workdir, tiny_model, sample_data, monkeypatch):
+    """A run reusing millions of answers holds only the chunks around the units it answers, and
+    lets go of OLD's ledger between reads (OLD's own writer is never kept waiting)."""
+    from prefgen.ledger.answers import StoredAnswers
+    from prefgen.runtime.lock import exclusive
+
+    old, fresh, new = workdir / "old.jsonl", workdir / "fresh.jsonl", workdir / "new.jsonl"
+    run_cli(generate_args(tiny_model, sample_data, old, max_samples=6))
+    run_cli(generate_args(tiny_model, sample_data, fresh, max_samples=6, dedup_rejects="exact"))
+    reads = []
+    monkeypatch.setattr(StoredAnswers, "CHUNK", 2)
+    monkeypatch.setattr(StoredAnswers, "CACHE", 1)
+    real_read = StoredAnswers.read
+    monkeypatch.setattr(StoredAnswers, "read", lambda self, chunk: reads.append(chunk) or real_read(self, chunk))
+    run_cli(generate_args(tiny_model, sample_data, new, max_samples=6, dedup_rejects="exact", reuse_answers=old))
+    assert new.read_bytes() == fresh.read_bytes()
+    assert sorted(set(reads)) == [0, 1, 2]  # 6 samples, 2 at a time
+
+    ledger = old.parent / (old.name + ".ledger.sqlite")
+    stored = StoredAnswers(ledger)
+    everything = query(ledger, "select sample_index, reject_index, raw_answer from units")
+    for row in everything:
+        assert stored.get((row["sample_index"], row["reject_index"]))["raw_answer"] == row["raw_answer"]
+        assert len(stored.chunks) == 1
+        with exclusive(ledger):  # no read holds OLD's lock
+            pass
+    assert stored.get((99, 0)) is None
+    assert stored.reads == 4  # chunks 0, 1, 2 once each (units in order), and chunk 49 for sample 99

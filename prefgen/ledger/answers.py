@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from pathlib import Path
+
 from prefgen.ledger.store import Ledger
 from prefgen.units import GENERATED, REGENERATED, REUSED
 
@@ -28,12 +31,45 @@ def answer_sources(ledger: Ledger) -> dict:
     }
 
 
-def stored_answers(ledger: Ledger) -> dict[tuple[int, int], dict]:
-    """Every stored answer by (sample, reject), for --reuse-answers (`truncated` NULL in rows
+class StoredAnswers:
+    """An earlier run's stored answers by (sample, reject), for --reuse-answers, read as asked:
+    the samples around the one asked for (CHUNK at a time, in one query), the last CACHE chunks
+    kept. A run reusing millions of answers holds only a few thousand, and so does each of a Ray
+    run's workers. The ledger is opened for each read and closed after it, as every reader
+    does, so the earlier run's own writer is never kept waiting (`truncated` is NULL in rows
     made before units.truncated)."""
-    truncated = "truncated" if "truncated" in ledger.db["units"].columns_dict else "null as truncated"
-    rows = ledger.db.query(
-        "select sample_index, reject_index, seed, status, record_hash, raw_answer, prompt_tokens,"
-        f" new_tokens, gen_seconds, {truncated} from units where raw_answer is not null"
-    )
-    return {(row["sample_index"], row["reject_index"]): row for row in rows}
+
+    CHUNK = 512  # samples read at once
+    CACHE = 8  # chunks kept
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.chunks: OrderedDict[int, dict[tuple[int, int], dict]] = OrderedDict()
+        self.reads = 0
+
+    def get(self, key: tuple[int, int]) -> dict | None:
+        """The stored answer of unit `key`, None where there is none."""
+        chunk = key[0] // self.CHUNK
+        rows = self.chunks.get(chunk)
+        if rows is None:
+            rows = self.chunks[chunk] = self.read(chunk)
+            if len(self.chunks) > self.CACHE:
+                self.chunks.popitem(last=False)
+        else:
+            self.chunks.move_to_end(chunk)
+        return rows.get(key)
+
+    def read(self, chunk: int) -> dict[tuple[int, int], dict]:
+        self.reads += 1
+        ledger = Ledger(self.path, readonly=True)
+        try:
+            truncated = "truncated" if "truncated" in ledger.db["units"].columns_dict else "null as truncated"
+            rows = ledger.db.query(
+                "select sample_index, reject_index, seed, status, record_hash, raw_answer, prompt_tokens,"
+                f" new_tokens, gen_seconds, {truncated} from units where raw_answer is not null"
+                " and sample_index >= ? and sample_index < ?",
+                [chunk * self.CHUNK, (chunk + 1) * self.CHUNK],
+            )
+            return {(row["sample_index"], row["reject_index"]): row for row in rows}
+        finally:
+            ledger.close()

@@ -6,7 +6,9 @@ OLD's ledger by (sample_index, reject_index), when OLD's generation fingerprint 
 GENERATION_FIELDS and identity.py's generation_identity) is the new run's and the unit's record
 hash and seed match. `ReuseEngine` is an Engine: the run loop drives it as any other, and it hands
 what OLD lacks to the real engine, loaded only then: when OLD has every answer, no model is loaded.
-A unit OLD ran out of memory on (no answer stored) is generated again.
+A unit OLD ran out of memory on (no answer stored) is generated again. OLD's answers are read as
+asked, a few hundred samples at a time (ledger/answers.py's StoredAnswers): a run, and each of a
+Ray run's workers, holds a few thousand of them, never all of OLD's millions.
 
 A larger --max-new-tokens than OLD's is accepted (a smaller one is refused): each unit is sampled
 with its own seed, token after token, so its first N tokens are the same at any cap (the prefix
@@ -27,7 +29,7 @@ from prefgen.config import GenerateConfig
 from prefgen.engines.base import Backoff, Engine
 from prefgen.errors import ConfigError, SettingsMismatch
 from prefgen.ledger import keys
-from prefgen.ledger.answers import stored_answers
+from prefgen.ledger.answers import StoredAnswers
 from prefgen.ledger.store import Ledger
 from prefgen.paths import LEDGER_SUFFIX, ledger_beside
 from prefgen.resume.fingerprint import GENERATION_FIELDS, differences, fingerprint_of
@@ -51,7 +53,7 @@ def old_ledger_path(old: str) -> Path:
 class OldAnswers:
     """OLD's stored answers by (sample, reject), and the --max-new-tokens they were generated at."""
 
-    rows: dict[tuple[int, int], dict]
+    rows: StoredAnswers  # by (sample, reject), read as asked
     cap: int  # OLD's --max-new-tokens
     new_cap: int  # this run's: larger or equal
 
@@ -81,10 +83,11 @@ def read_answers(cfg: GenerateConfig, old: str) -> OldAnswers:
     try:
         fingerprint = ledger.fingerprint() or {}
         check_generation(cfg, old, fingerprint, ledger.meta_json(keys.GENERATION_IDENTITY))
-        answers = stored_answers(ledger)
     finally:
         ledger.close()
-    return OldAnswers(answers, fingerprint.get("max_new_tokens") or cfg.max_new_tokens, cfg.max_new_tokens)
+    return OldAnswers(
+        StoredAnswers(ledger.path), fingerprint.get("max_new_tokens") or cfg.max_new_tokens, cfg.max_new_tokens
+    )
 
 
 def check_generation(cfg: GenerateConfig, old: str, fingerprint: dict, identity: dict | None) -> None:
