@@ -98,7 +98,7 @@ bench: $(STAMP)
 	$(MAKE) bench-ray
 
 # The same units locally and with --executor ray on a Ray of its own (1 and 2 CPU workers), in .venv-ray.
-RAY_BENCH_ARGS ?= --samples 48 --rejects 4 --max-new-tokens 32 --batch-size 16
+RAY_BENCH_ARGS ?= --samples 96 --rejects 4 --max-new-tokens 32 --batch-size 16
 bench-ray: $(RAY_STAMP)
 	$(RAY_VENV)/bin/python benchmarks/bench.py --only ray $(RAY_BENCH_ARGS) $(BENCH_ARGS)
 
