@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 from conftest import RECORDS, generate_args, ledger_units, query, read_jsonl, run_cli, start, write_records
 
@@ -90,8 +91,11 @@ def test_executed_onpolicy_with_further_attempts_as_locally(cluster, workdir, ti
     assert query(str(out) + ".ledger.sqlite", "select count(*) as n from pairs")[0]["n"] > 0
 
 
+RETRIED = "select detail from events where kind = 'block_retried'"
+
+
 def test_a_worker_node_killed_mid_run_costs_its_block_only(cluster, workdir, tiny_model, sample_data):
-    flags = dict(max_samples=24, num_rejects=2, max_new_tokens=16)
+    flags = dict(max_samples=48, num_rejects=2, max_new_tokens=16)  # long enough to outlive the kill
     local, out = workdir / "local.jsonl", workdir / "ray.jsonl"
     run_cli(generate_args(tiny_model, sample_data, local, **flags))
     env = {"RAY_ADDRESS": cluster.address, "PREFGEN_RAY_WAIT_S": "120"}
@@ -105,6 +109,9 @@ def test_a_worker_node_killed_mid_run_costs_its_block_only(cluster, workdir, tin
     assert process.returncode == 0, stderr
     assert_same_as_local(out, local)
     assert "engine worker lost" in stderr, stderr
+    retried = [orjson.loads(row["detail"]) for row in query(str(out) + ".ledger.sqlite", RETRIED)]
+    assert retried, "the lost worker's blocks were not queued again"
+    assert sum(event["counted"] for event in retried) == 1  # the one it was generating, not the one behind
 
 
 def test_the_driver_killed_resumes_and_leaves_no_ray_behind(cluster, workdir, tiny_model, sample_data, ray_tmp):
@@ -127,7 +134,6 @@ def test_the_driver_killed_resumes_and_leaves_no_ray_behind(cluster, workdir, ti
 
 def test_a_ray_run_in_progress_is_watched_through_its_ledger(cluster, workdir, tiny_model, sample_data):
     """`ledger status` on a Ray run in progress: running, units committed, a rate and an ETA."""
-    import orjson
 
     out = workdir / "ray.jsonl"
     flags = ray_flags(cluster, ray_address=None, block_units=4, max_samples=12, num_rejects=2, max_new_tokens=8)

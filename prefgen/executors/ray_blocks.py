@@ -5,8 +5,10 @@ A block is a task at first (its units), then further tasks for the further attem
 need (--max-attempts), each going first in the queue. A block is committed, with prefgen's own
 commit step, once no task of it is left and every block before it is committed: the output is
 in (sample, reject) order, and a driver killed loses only uncommitted blocks. A task whose
-worker (or node) is lost goes back to the front of the queue. At most LIMIT_PER_WORKER blocks per
-ready worker are open (queued, in flight or waiting to commit): memory stays bounded.
+worker (or node) is lost goes back to the front of the queue; a try is counted against the task
+the worker was generating only (the first of those sent to it), not the one queued behind it.
+At most LIMIT_PER_WORKER blocks per ready worker are open (queued, in flight or waiting to
+commit): memory stays bounded.
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ class Scheduler:
         self.blocks: deque[Block] = deque()  # open, in order
         self.queue: deque[Task] = deque()
         self.generating: dict = {}  # ref -> (actor, task)
+        self.sent: dict = {}  # actor -> its tasks not answered yet, in the order sent (the first generates)
+        self.culprits: dict = {}  # a lost actor -> the task it was generating when it died
         self.judging: dict = {}  # ref -> (task, answers)
         self.exhausted = False
         self.stopping = False
@@ -134,6 +138,7 @@ class Scheduler:
         while self.queue and (actor := self.pool.take()) is not None:
             task = self.queue.popleft()
             self.generating[actor.generate.remote(task.units)] = (actor, task)
+            self.sent.setdefault(actor, []).append(task)
 
     def handle(self, ref) -> None:
         if ref in self.generating:
@@ -148,9 +153,12 @@ class Scheduler:
         try:
             answers, backoffs, rows = ray.get(ref)
         except LOST as exc:
-            self.pool.lost(actor, exc, f"generating block {task.block.index}")
-            self.retry(task, exc)
+            culprit = self.culprits.setdefault(actor, self.sent[actor][0])
+            self.answered(actor, task)
+            self.pool.lost(actor, exc, f"generating block {culprit.block.index}")
+            self.retry(task, exc, counted=task is culprit)
             return
+        self.answered(actor, task)
         self.pool.free(actor)
         if not self.stopping:
             self.dispatch()  # the worker takes its next block before this one is judged and committed
@@ -161,6 +169,12 @@ class Scheduler:
             self.settle(task, flow.judge_block(self.cfg, task.units, answers, self.run.dedup))
             return
         self.start_judging(task, answers)
+
+    def answered(self, actor, task: Task) -> None:
+        sent = self.sent[actor]
+        sent.remove(task)
+        if not sent:
+            del self.sent[actor]
 
     def start_judging(self, task: Task, answers: list) -> None:
         dedup = flow.dedup_part(self.run.dedup, task.block.samples)
@@ -194,16 +208,21 @@ class Scheduler:
             self.queue.appendleft(Task(block, settled.further))
         block.tasks -= 1
 
-    def retry(self, task: Task, exc: BaseException) -> None:
-        task.tries += 1
+    def retry(self, task: Task, exc: BaseException, counted: bool = True) -> None:
+        """A task whose worker was lost, back to the front of the queue; a try counted when it was
+        the task being generated (one the worker died on this often stops the run)."""
+        task.tries += counted
         if task.tries >= MAX_TRIES:
             raise PrefgenError(
                 f"block {task.block.index} was lost with its worker {task.tries} times; last: {type(exc).__name__}",
                 hint="see the Ray logs of the workers' nodes; run the same command again to resume",
             )
-        units = len(task.units)
-        log.warning("block %d (%d units) goes back to the queue (try %d)", task.block.index, units, task.tries + 1)
-        detail = {"block": task.block.index, "units": units, "error": str(exc)[:200]}
+        units, index = len(task.units), task.block.index
+        if counted:
+            log.warning("block %d (%d units) goes back to the queue (try %d)", index, units, task.tries + 1)
+        else:
+            log.warning("block %d (%d units) goes back to the queue (it waited behind the lost one)", index, units)
+        detail = {"block": index, "units": units, "counted": counted, "error": str(exc)[:200]}
         self.run.record_event("block_retried", detail)
         self.queue.appendleft(task)
 
