@@ -154,3 +154,13 @@ def test_a_full_disk_is_an_error_line_at_any_point_and_the_run_resumes(workdir, 
         assert code == 0, output
         assert sorted(read_jsonl(disk / "out.jsonl"), key=str) == sorted(read_jsonl(reference), key=str)
         shutil.copy(disk / "out.jsonl", workdir / "copy.jsonl")
+
+
+def test_a_model_taken_as_a_hub_id_says_so_when_it_fails(workdir, sample_data, monkeypatch):
+    """`modles/qwen` where no `modles/` exists must be tried as a hub id; when that fails the
+    error says it was taken as one and that no local folder of that name is here."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # fail at once: no network, no retries
+    result = run_cli(generate_args("modles/qwen", sample_data, workdir / "out.jsonl"), expect=1)
+    assert "cannot load the model modles/qwen" in result.output
+    assert f"modles/qwen was taken as a hub id: there is no local folder modles/ in {workdir}" in result.output
+    assert "Traceback" not in result.output

@@ -32,6 +32,18 @@ def check_model_ref(ref: str) -> None:
         )
 
 
+def hub_hint(ref: str) -> str:
+    """What a model that failed to load was taken for: a hub id is said to be one, with where no
+    local folder was found (a typo in a path's first folder looks like a hub id)."""
+    if looks_local(ref):
+        return "give a model directory holding config.json and the tokenizer's files"
+    first = Path(ref).parts[0]
+    return (
+        f"{ref} was taken as a hub id: there is no local folder {first}/ in {Path.cwd()}; if a local path"
+        " was meant, fix it; else check the id and the network (HF_HUB_OFFLINE=1 skips the hub's retries)"
+    )
+
+
 def quiet_transformers() -> None:
     """Keep transformers' own progress bars and advice out of prefgen's output."""
     from transformers.utils import logging as hf_logging

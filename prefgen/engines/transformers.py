@@ -19,6 +19,7 @@ from prefgen.engines.loading import (
     attach_adapter,
     check_model_ref,
     eos_token_ids,
+    hub_hint,
     load_model,
     load_tokenizer,
     model_context,
@@ -271,6 +272,6 @@ def load(cfg: GenerateConfig) -> HFEngine:
         fault_point("mid_model_load")
         model = load_model(cfg.base_model, device)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the model {cfg.base_model}: {exc}") from exc
+        raise ModelError(f"cannot load the model {cfg.base_model}: {exc}", hint=hub_hint(cfg.base_model)) from exc
     model, merged = attach_adapter(model, cfg.adapter_path)
     return HFEngine(model, tokenizer, device, cfg, merged)

@@ -48,6 +48,7 @@ from prefgen.engines.loading import (
     TokenizerSide,
     check_model_ref,
     eos_token_ids,
+    hub_hint,
     load_tokenizer,
     quiet_transformers,
 )
@@ -392,7 +393,9 @@ def load(cfg: GenerateConfig) -> VLLMEngine:
     try:
         tokenizer = load_tokenizer(cfg.base_model)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the tokenizer of {cfg.base_model}: {exc}") from exc
+        raise ModelError(
+            f"cannot load the tokenizer of {cfg.base_model}: {exc}", hint=hub_hint(cfg.base_model)
+        ) from exc
     rank = lora_rank(cfg.adapter_path) if lora == "native" else 0
     guard_children()  # from here on, what vLLM starts dies with this run
     with captured_stderr() as said:
