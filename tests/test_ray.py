@@ -91,6 +91,24 @@ def test_executed_onpolicy_with_further_attempts_as_locally(cluster, workdir, ti
     assert query(str(out) + ".ledger.sqlite", "select count(*) as n from pairs")[0]["n"] > 0
 
 
+def test_answers_reused_on_ray_as_locally(cluster, workdir, tiny_model, sample_data):
+    """--reuse-answers on Ray: each worker reads OLD's answers (a chunk of samples at a time) and
+    loads no model; the lines are a fresh local run's with the new judging."""
+    flags = dict(max_samples=8, num_rejects=2)
+    old, fresh, out = workdir / "old.jsonl", workdir / "fresh.jsonl", workdir / "ray.jsonl"
+    run_cli(generate_args(tiny_model, sample_data, old, **flags))
+    run_cli(generate_args(tiny_model, sample_data, fresh, dedup_rejects=True, **flags))
+    ray_run = ray_flags(cluster, block_units=4, dedup_rejects=True, reuse_answers=str(old), **flags)
+    result = run_cli(generate_args(tiny_model, sample_data, out, **ray_run))
+    assert "Answers  16 reused from an earlier run, 0 generated;" in result.output
+    assert_same_as_local(out, fresh)
+    sources = query(str(out) + ".ledger.sqlite", "select distinct source from units")
+    assert sources == [{"source": "reused"}]
+    loaded = [orjson.loads(row["detail"]) for row in query(str(out) + ".ledger.sqlite", LOADED)]
+    assert loaded and {detail["device"] for detail in loaded} == {"none (answers reused)"}
+
+
+LOADED = "select detail from events where kind = 'model_loaded'"
 RETRIED = "select detail from events where kind = 'block_retried'"
 
 
