@@ -40,7 +40,7 @@ def timed(cfg) -> tuple[float, float, int, int, float]:
     ready = datetime.fromisoformat(loaded[0]).timestamp() if loaded else wall_start
     committed = datetime.fromisoformat(last).timestamp()
     blocks = -(-summary.done_now // cfg.block_size) if cfg.executor == "ray" else 0
-    return wall, committed - ready, summary.done_now, blocks, wall_start + wall - committed
+    return wall, max(committed - ready, 0.001), summary.done_now, blocks, wall_start + wall - committed
 
 
 def ray_comparison(cfg, work: Path) -> dict:

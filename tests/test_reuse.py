@@ -146,6 +146,10 @@ def test_a_larger_cap_regenerates_only_the_units_cut_at_the_smaller_one(workdir,
 def test_old_answers_are_read_a_few_samples_at_a_time(workdir, tiny_model, sample_data, monkeypatch):
     """A run reusing millions of answers holds only the chunks around the units it answers, and
     lets go of OLD's ledger between reads (OLD's own writer is never kept waiting)."""
+    import os
+    import shutil
+
+    from prefgen.errors import LedgerError
     from prefgen.ledger.answers import StoredAnswers
     from prefgen.runtime.lock import exclusive
 
@@ -163,7 +167,7 @@ def test_old_answers_are_read_a_few_samples_at_a_time(workdir, tiny_model, sampl
 
     ledger = old.parent / (old.name + ".ledger.sqlite")
     stored = StoredAnswers(ledger)
-    everything = query(ledger, "select sample_index, reject_index, raw_answer from units")
+    everything = query(ledger, "select sample_index, reject_index, raw_answer from units order by 1, 2")
     for row in everything:
         assert stored.get((row["sample_index"], row["reject_index"]))["raw_answer"] == row["raw_answer"]
         assert len(stored.chunks) == 1
@@ -171,3 +175,8 @@ def test_old_answers_are_read_a_few_samples_at_a_time(workdir, tiny_model, sampl
             pass
     assert stored.get((99, 0)) is None
     assert stored.reads == 4  # chunks 0, 1, 2 once each (units in order), and chunk 49 for sample 99
+    # OLD replaced by another file at its path (moved aside, or another run made there): refused
+    shutil.copy(ledger, workdir / "copy.sqlite")
+    os.replace(workdir / "copy.sqlite", ledger)
+    with pytest.raises(LedgerError, match="was moved, removed or replaced during this run"):
+        stored.get((0, 0))

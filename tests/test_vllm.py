@@ -159,35 +159,38 @@ def test_on_ray_a_worker_holds_the_vllm_engine_dies_with_the_driver_and_resumes(
     args = vllm_args(tiny_model, data, out, executor="ray", workers="1", block_units=6)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths are length-limited
-    ledger = str(out) + ".ledger.sqlite"
-    process = start(args, env=env)
-    deadline = time.time() + 240
-    while process.poll() is None and time.time() < deadline:
-        if os.path.exists(ledger) and query(ledger, "select count(*) as n from units")[0]["n"]:
-            break
-        time.sleep(0.2)
-    process.kill()
-    process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-    assert_nothing_left(process.pid)
-    done = len(read_jsonl(out))
-    assert 0 < done < 36
-    resumed = start(args, env=env)
-    stdout, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, stderr
-    assert f"Generated {36 - done} units; 36/36 done" in stdout + stderr
-    assert sorted(out.read_bytes().splitlines()) == sorted(reference.read_bytes().splitlines())
-    keys = [(line["sample_index"], line["reject_index"]) for line in read_jsonl(out)]
-    assert keys == sorted(keys)
-    assert_ledger_agrees_with_file(out)
-    loaded = [
-        orjson.loads(row["detail"]) for row in query(ledger, "select detail from events where kind = 'model_loaded'")
-    ]
-    assert {(d["engine"], d["executor"], d["max_num_seqs"], d["max_model_len"]) for d in loaded} == {
-        ("vllm", "ray", 8, 8192)
-    }
-    assert_nothing_left(resumed.pid)
-    shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    try:
+        ledger = str(out) + ".ledger.sqlite"
+        process = start(args, env=env)
+        deadline = time.time() + 240
+        while process.poll() is None and time.time() < deadline:
+            if os.path.exists(ledger) and query(ledger, "select count(*) as n from units")[0]["n"]:
+                break
+            time.sleep(0.2)
+        process.kill()
+        process.communicate(timeout=60)
+        assert process.returncode == -signal.SIGKILL
+        assert_nothing_left(process.pid)
+        done = query(ledger, "select count(*) as n from units")[0]["n"]  # committed (a line past them is cut)
+        assert 0 < done < 36
+        resumed = start(args, env=env)
+        stdout, stderr = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, stderr
+        assert f"Generated {36 - done} units; 36/36 done" in stdout + stderr
+        assert sorted(out.read_bytes().splitlines()) == sorted(reference.read_bytes().splitlines())
+        keys = [(line["sample_index"], line["reject_index"]) for line in read_jsonl(out)]
+        assert keys == sorted(keys)
+        assert_ledger_agrees_with_file(out)
+        loaded = [
+            orjson.loads(row["detail"])
+            for row in query(ledger, "select detail from events where kind = 'model_loaded'")
+        ]
+        assert {(d["engine"], d["executor"], d["max_num_seqs"], d["max_model_len"]) for d in loaded} == {
+            ("vllm", "ray", 8, 8192)
+        }
+        assert_nothing_left(resumed.pid)
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
 
 
 def test_the_adapter_is_merged_once_and_applied(tiny_model, workdir, vllm_reference, monkeypatch):

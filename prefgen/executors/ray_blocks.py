@@ -153,6 +153,8 @@ class Scheduler:
         try:
             answers, backoffs, rows = ray.get(ref)
         except LOST as exc:
+            # its first task not answered was generating (an ObjectLostError on one that finished
+            # but whose result died with the node counts that one: rare, and only a try)
             culprit = self.culprits.setdefault(actor, self.sent[actor][0])
             self.answered(actor, task)
             self.pool.lost(actor, exc, f"generating block {culprit.block.index}")
@@ -175,6 +177,7 @@ class Scheduler:
         sent.remove(task)
         if not sent:
             del self.sent[actor]
+            self.culprits.pop(actor, None)  # the last of a lost worker's tasks: nothing to count against
 
     def start_judging(self, task: Task, answers: list) -> None:
         dedup = flow.dedup_part(self.run.dedup, task.block.samples)

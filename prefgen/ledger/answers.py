@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from pathlib import Path
 
+from prefgen.errors import LedgerError
 from prefgen.ledger.store import Ledger
 from prefgen.units import GENERATED, REGENERATED, REUSED
 
@@ -34,16 +35,18 @@ def answer_sources(ledger: Ledger) -> dict:
 class StoredAnswers:
     """An earlier run's stored answers by (sample, reject), for --reuse-answers, read as asked:
     the samples around the one asked for (CHUNK at a time, in one query), the last CACHE chunks
-    kept. A run reusing millions of answers holds only a few thousand, and so does each of a Ray
-    run's workers. The ledger is opened for each read and closed after it, as every reader
-    does, so the earlier run's own writer is never kept waiting (`truncated` is NULL in rows
-    made before units.truncated)."""
+    kept. A run reusing millions of answers holds at most CHUNK x CACHE samples' answers, and so
+    does each of a Ray run's workers. The ledger is opened for each read and closed after it, as
+    every reader does, so the earlier run's own writer is never kept waiting; a ledger moved,
+    removed or replaced since the run checked it (another file at its path) is an error, never
+    read (`truncated` is NULL in rows made before units.truncated)."""
 
     CHUNK = 512  # samples read at once
     CACHE = 8  # chunks kept
 
     def __init__(self, path: Path):
         self.path = path
+        self.identity = file_identity(path)  # the file the run's settings were checked against
         self.chunks: OrderedDict[int, dict[tuple[int, int], dict]] = OrderedDict()
         self.reads = 0
 
@@ -61,6 +64,12 @@ class StoredAnswers:
 
     def read(self, chunk: int) -> dict[tuple[int, int], dict]:
         self.reads += 1
+        if file_identity(self.path) != self.identity:
+            raise LedgerError(
+                f"--reuse-answers: {self.path} was moved, removed or replaced during this run",
+                hint="keep the earlier run's ledger in place until this run ends (its own run may go on),"
+                " then run the same command again to resume",
+            )
         ledger = Ledger(self.path, readonly=True)
         try:
             truncated = "truncated" if "truncated" in ledger.db["units"].columns_dict else "null as truncated"
@@ -73,3 +82,12 @@ class StoredAnswers:
             return {(row["sample_index"], row["reject_index"]): row for row in rows}
         finally:
             ledger.close()
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`; None when there is none."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino

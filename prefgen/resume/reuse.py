@@ -7,8 +7,8 @@ GENERATION_FIELDS and identity.py's generation_identity) is the new run's and th
 hash and seed match. `ReuseEngine` is an Engine: the run loop drives it as any other, and it hands
 what OLD lacks to the real engine, loaded only then: when OLD has every answer, no model is loaded.
 A unit OLD ran out of memory on (no answer stored) is generated again. OLD's answers are read as
-asked, a few hundred samples at a time (ledger/answers.py's StoredAnswers): a run, and each of a
-Ray run's workers, holds a few thousand of them, never all of OLD's millions.
+asked, 512 samples at a time (ledger/answers.py's StoredAnswers): a run, and each of a Ray run's
+workers, holds at most 4,096 samples' answers, never all of OLD's millions.
 
 A larger --max-new-tokens than OLD's is accepted (a smaller one is refused): each unit is sampled
 with its own seed, token after token, so its first N tokens are the same at any cap (the prefix
