@@ -146,6 +146,17 @@ def run(args, fault=None):
     return process.returncode, stdout + stderr
 
 
+def committed(ledger) -> int:
+    """Units a ledger holds, polled while its run writes it: 0 while it is not there or its
+    tables are being created."""
+    if not os.path.exists(ledger):
+        return 0
+    try:
+        return query(ledger, "select count(*) as n from units")[0]["n"]
+    except sqlite3.DatabaseError:  # no table yet, or the file half made
+        return 0
+
+
 def ledger_units(out):
     """Every unit row of the ledger beside output `out`, in sample/reject order."""
     return query(str(out) + ".ledger.sqlite", "select * from units order by sample_index, reject_index")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import ROOT, browse_pages, finished_run, generate_args, query, run, run_cli, start
+from conftest import ROOT, browse_pages, committed, finished_run, generate_args, query, run, run_cli, start
 
 DB_ROOT = ROOT / "examples" / "spider_en" / "db"
 
@@ -186,9 +186,7 @@ def test_a_live_run_shows_as_running_with_an_eta(workdir, tiny_model, sample_dat
     )
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not (
-            os.path.exists(ledger) and query(ledger, "select count(*) as n from units") == [{"n": 4}]
-        ):
+        while time.time() < deadline and committed(ledger) != 4:
             time.sleep(0.2)
         data = orjson.loads(run_cli(["ledger", "status", ledger, "--json"]).output)
         assert data["runs"][-1]["status"] == "running" and data["eta_s"] is not None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import RECORDS, generate_args, ledger_units, query, read_jsonl, run_cli, start, write_records
+from conftest import RECORDS, committed, generate_args, ledger_units, query, read_jsonl, run_cli, start, write_records
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -210,12 +210,8 @@ def wait_for_units(out, process, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        if os.path.exists(ledger):
-            try:
-                if query(ledger, "select count(*) as n from units")[0]["n"]:
-                    return
-            except Exception:  # the ledger is being created
-                pass
+        if committed(ledger):
+            return
         time.sleep(0.1)
     raise AssertionError("no unit committed in time")
 

@@ -15,6 +15,7 @@ from conftest import (
     RECORDS,
     ROOT,
     assert_ledger_agrees_with_file,
+    committed,
     generate_args,
     query,
     read_jsonl,
@@ -164,7 +165,7 @@ def test_on_ray_a_worker_holds_the_vllm_engine_dies_with_the_driver_and_resumes(
         process = start(args, env=env)
         deadline = time.time() + 240
         while process.poll() is None and time.time() < deadline:
-            if os.path.exists(ledger) and query(ledger, "select count(*) as n from units")[0]["n"]:
+            if committed(ledger):
                 break
             time.sleep(0.2)
         process.kill()
